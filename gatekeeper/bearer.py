@@ -1,0 +1,92 @@
+"""Bearer token extraction from an ASGI scope (sans-I/O; shared by middleware and gateway).
+
+Sources: ``Authorization: Bearer <token>`` (scheme case-insensitive, RFC 6750 2.1), a query
+parameter such as PlaceOS's ``bearer_token``, and RFC 6750's ``access_token`` (2.3) when
+enabled. A token sent in more than one way, a repeated parameter, two Authorization headers or
+a malformed header is ``invalid_request``; another scheme (Basic, ...) counts as no token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+from .errors import AuthError
+
+# RFC 6750 2.1: credentials = "Bearer" 1*SP b64token
+_B64TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def _malformed(description: str) -> AuthError:
+    return AuthError("invalid_request", description)
+
+
+@dataclass(frozen=True, slots=True)
+class BearerSource:
+    """Where tokens may come from. ``query_params`` names the query parameters to accept
+    (e.g. ``("bearer_token",)`` for PlaceOS, ``"access_token"`` for RFC 6750 2.3)."""
+
+    header: bool = True
+    query_params: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, query_param: str | Sequence[str] | None = None, *, header: bool = True) -> BearerSource:
+        if query_param is None:
+            names: tuple[str, ...] = ()
+        elif isinstance(query_param, str):
+            names = (query_param,)
+        else:
+            names = tuple(query_param)
+        return cls(header, names)
+
+    def extract(self, scope: Mapping[str, Any]) -> str | None:
+        """The token in this request, None when there is none, or ``invalid_request``."""
+        token = _from_header(scope.get("headers", ())) if self.header else None
+        if self.query_params:
+            query_token = _from_query(scope.get("query_string", b""), self.query_params)
+            if query_token is not None:
+                if token is not None:
+                    raise _malformed("The token was sent in more than one way")
+                return query_token
+        return token
+
+
+def _from_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    found: bytes | None = None
+    for name, value in headers:
+        if name == b"authorization":
+            if found is not None:
+                raise _malformed("Only one Authorization header is allowed")
+            found = value
+    if found is None:
+        return None
+    text = found.decode("latin-1")
+    scheme, _, credentials = text.partition(" ")
+    if scheme.lower() != "bearer":
+        if scheme == "" or scheme.lower().startswith("bearer"):
+            raise _malformed("The Authorization header is malformed")
+        return None  # Basic, Digest, ...: not ours to judge
+    credentials = credentials.lstrip(" ")
+    if not _B64TOKEN.fullmatch(credentials):
+        raise _malformed("The Authorization header is malformed")
+    return credentials
+
+
+def _from_query(query_string: bytes, names: tuple[str, ...]) -> str | None:
+    if not query_string:
+        return None
+    text = query_string.decode("latin-1")
+    if not any(name in text for name in names):
+        return None  # the common case: no token parameter, nothing to parse
+    found: str | None = None
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        if key in names:
+            if found is not None:
+                raise _malformed("The token parameter is repeated")
+            if not value:
+                raise _malformed("The token parameter is empty")
+            found = value
+    return found

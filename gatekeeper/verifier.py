@@ -1,0 +1,238 @@
+"""The verifier: one call, sync or async, from token to verified claims.
+
+The algorithm lives once, in :meth:`Verifier._flow`, a generator that yields a
+:class:`_Refresh` when it needs keys fetched; :meth:`Verifier.verify` and
+:meth:`Verifier.verify_async` only differ in how they carry out that step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .cache import TokenCache
+from .claims import Claims, normalise_scopes
+from .errors import AuthError
+from .fetch import AsyncFetcher, SyncFetcher
+from .jws import check_signature, loads_object, parse_compact
+from .keys import VerificationKey
+from .keystore import FetchPolicy, KeyStore
+from .policy import Issuer, check_claims, check_header_type
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class _Refresh:
+    store: KeyStore
+    wait: bool
+
+
+_Flow = Generator[_Refresh, None, Claims]
+
+
+class _Trusted:
+    """An issuer's configuration with its live key store."""
+
+    __slots__ = ("config", "store")
+
+    def __init__(self, config: Issuer) -> None:
+        self.config = config
+        self.store = config.key_store()
+
+
+class Verifier:
+    """Verifies JWT access tokens from one or more trusted issuers.
+
+    Give one issuer with keyword arguments (``issuer``, ``jwks_url``, ``audience``, and any
+    other :class:`Issuer` field), or several with ``issuers=[Issuer(...), ...]``. The unverified
+    ``iss`` only picks the issuer's configuration; each issuer's keys verify only its tokens.
+
+    ``cache_size`` bounds the verified-token cache (0 turns it off); ``clock`` returns Unix
+    time and is what tests move; ``http_client``/``async_http_client`` replace the httpx
+    clients used to fetch keys.
+    """
+
+    def __init__(
+        self,
+        issuer: str | None = None,
+        *,
+        issuers: Iterable[Issuer] = (),
+        jwks_url: str | None = None,
+        audience: str | Sequence[str] | None = None,
+        cache_size: int = 10_000,
+        clock: Clock = time.time,
+        http_client: httpx.Client | None = None,
+        async_http_client: httpx.AsyncClient | None = None,
+        **issuer_options: Any,
+    ) -> None:
+        configs = list(issuers)
+        if issuer is not None:
+            configs.append(Issuer(issuer, audience=audience, jwks_url=jwks_url, **issuer_options))
+        elif jwks_url is not None or audience is not None or issuer_options:
+            raise TypeError("issuer options given without issuer=")
+        if not configs:
+            raise ValueError("configure at least one trusted issuer")
+        self._issuers: dict[str, _Trusted] = {}
+        for config in configs:
+            if config.issuer in self._issuers:
+                raise ValueError(f"issuer {config.issuer!r} configured twice")
+            self._issuers[config.issuer] = _Trusted(config)
+        self._max_token = max(t.config.max_token_bytes for t in self._issuers.values())
+        self._clock = clock
+        self._cache = TokenCache(cache_size)
+        self._sync = SyncFetcher(clock, http_client)
+        self._async = AsyncFetcher(clock, async_http_client)
+
+    @property
+    def issuers(self) -> Mapping[str, Issuer]:
+        return {name: trusted.config for name, trusted in self._issuers.items()}
+
+    # -- the public calls --------------------------------------------------------------------
+
+    def verify(self, token: str | None) -> Claims:
+        """Verify a token and return its claims, or raise :class:`AuthError`.
+
+        For workers and sync code: a key fetch, when one is needed, blocks this thread only.
+        """
+        if isinstance(token, str):
+            claims = self._cache.get(token, self._clock())
+            if claims is not None:
+                return claims
+        flow = self._flow(token)
+        try:
+            step = next(flow)
+            while True:
+                if step.wait:
+                    self._sync.refresh(step.store)
+                else:
+                    self._sync.refresh_in_background(step.store)
+                step = next(flow)
+        except StopIteration as done:
+            result: Claims = done.value
+            return result
+
+    async def verify_async(self, token: str | None) -> Claims:
+        """Verify a token and return its claims, or raise :class:`AuthError`.
+
+        For async code: key fetches are awaited (and shared between concurrent callers), so the
+        event loop is never blocked on the network.
+        """
+        if isinstance(token, str):
+            claims = self._cache.get(token, self._clock())
+            if claims is not None:
+                return claims
+        flow = self._flow(token)
+        try:
+            step = next(flow)
+            while True:
+                if step.wait:
+                    await self._async.refresh(step.store)
+                else:
+                    self._async.refresh_in_background(step.store)
+                step = next(flow)
+        except StopIteration as done:
+            result: Claims = done.value
+            return result
+
+    async def prefetch(self) -> None:
+        """Fetch every remote issuer's keys now (at app startup), without raising on failure."""
+        now = self._clock()
+        for trusted in self._issuers.values():
+            if trusted.store.needs_refresh(now):
+                await self._async.refresh(trusted.store)
+
+    def prefetch_sync(self) -> None:
+        """:meth:`prefetch` for sync code."""
+        now = self._clock()
+        for trusted in self._issuers.values():
+            if trusted.store.needs_refresh(now):
+                self._sync.refresh(trusted.store)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each issuer's key status: key ids, skipped keys, freshness and the last fetch error."""
+        now = self._clock()
+        return [trusted.store.status(now) for trusted in self._issuers.values()]
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients the verifier opened itself."""
+        await self._async.aclose()
+        self._sync.close()
+
+    def close(self) -> None:
+        self._sync.close()
+
+    # -- the algorithm -----------------------------------------------------------------------
+
+    def _flow(self, token: object) -> _Flow:
+        if token is None or token == "":
+            raise AuthError("missing_token")
+        if not isinstance(token, str):
+            raise AuthError("invalid_token", "The token is not a string")
+        jws = parse_compact(token, self._max_token)
+        payload = loads_object(jws.payload, "payload")
+        iss = payload.get("iss")
+        trusted = self._issuers.get(iss) if isinstance(iss, str) else None
+        if trusted is None:
+            raise AuthError("invalid_token", "The token issuer is not trusted")
+        config, store = trusted.config, trusted.store
+        if len(token) > config.max_token_bytes:
+            raise AuthError("invalid_token", "The token is too large", issuer=config.issuer)
+        if jws.alg not in config.allowed_algorithms:
+            raise AuthError("invalid_token", "The token algorithm is not allowed", issuer=config.issuer)
+        check_header_type(jws.header, config)
+        # Claims before keys: an expired or misaddressed token costs no signature check and
+        # never triggers a key fetch.
+        now = self._clock()
+        exp = check_claims(payload, config, now)
+
+        if store.needs_refresh(now):
+            yield _Refresh(store, wait=True)
+        elif store.wants_refresh_ahead(now):
+            yield _Refresh(store, wait=False)
+        kid = jws.kid
+        keys = store.usable(self._clock())
+        candidates = keys.candidates(kid, jws.alg) if keys is not None else []
+        if not candidates and store.may_refetch_for_kid(kid, self._clock()):
+            yield _Refresh(store, wait=True)
+            keys = store.usable(self._clock())
+            candidates = keys.candidates(kid, jws.alg) if keys is not None else []
+        if keys is None:
+            raise store.unavailable(self._clock())
+        key = _first_verifying(jws, candidates)
+        if key is None:
+            raise AuthError("invalid_token", "The token signature is invalid", issuer=config.issuer, kid=kid)
+
+        claims = Claims(
+            payload, normalise_scopes(payload, config.scope_claims), issuer=config.issuer, kid=key.kid
+        )
+        self._cache.put(token, claims, exp, key)
+        return claims
+
+
+def _first_verifying(jws: Any, candidates: list[VerificationKey]) -> VerificationKey | None:
+    for key in candidates:
+        if check_signature(jws, key.key):
+            return key
+    return None
+
+
+def load_issuers(entries: Iterable[Mapping[str, Any]]) -> list[Issuer]:
+    """Issuers from plain dicts (e.g. parsed from a config file); ``fetch`` may be a dict too."""
+    issuers = []
+    for entry in entries:
+        options = dict(entry)
+        if isinstance(options.get("fetch"), Mapping):
+            options["fetch"] = FetchPolicy(**options["fetch"])
+        if isinstance(options.get("jwks"), str):
+            options["jwks"] = Path(options["jwks"])
+        issuers.append(Issuer(**options))
+    return issuers
