@@ -7,6 +7,7 @@ The algorithm lives once, in :meth:`Verifier._flow`, a generator that yields a
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cachetools import TTLCache
 
 from .cache import TokenCache
 from .claims import Claims, normalise_scopes
@@ -36,6 +38,11 @@ class _Refresh:
 _Flow = Generator[_Refresh, None, Claims]
 
 
+class _Transient(AuthError):
+    """A rejection that may not hold a moment later (key not fetched yet, token not valid
+    yet): never remembered by the rejection cache."""
+
+
 class _Trusted:
     """An issuer's configuration with its live key store."""
 
@@ -53,7 +60,8 @@ class Verifier:
     other :class:`Issuer` field), or several with ``issuers=[Issuer(...), ...]``. The unverified
     ``iss`` only picks the issuer's configuration; each issuer's keys verify only its tokens.
 
-    ``cache_size`` bounds the verified-token cache (0 turns it off); ``clock`` returns Unix
+    ``cache_size`` bounds the verified-token cache (0 turns it off, along with the cache of
+    recent rejections, which keeps each for ``rejection_ttl`` seconds); ``clock`` returns Unix
     time and is what tests move; ``http_client``/``async_http_client`` replace the httpx
     clients used to fetch keys.
     """
@@ -66,6 +74,7 @@ class Verifier:
         jwks_url: str | None = None,
         audience: str | Sequence[str] | None = None,
         cache_size: int = 10_000,
+        rejection_ttl: float = 30.0,
         clock: Clock = time.time,
         http_client: httpx.Client | None = None,
         async_http_client: httpx.AsyncClient | None = None,
@@ -86,6 +95,12 @@ class Verifier:
         self._max_token = max(t.config.max_token_bytes for t in self._issuers.values())
         self._clock = clock
         self._cache = TokenCache(cache_size)
+        # Recently rejected tokens, so a client repeating a bad token costs a lookup, not a
+        # signature check. Short-lived: a rejection is final for a token, but a key set is not.
+        self._rejected: TTLCache[str, AuthError] = TTLCache(
+            maxsize=min(cache_size, 1024), ttl=rejection_ttl, timer=clock
+        )
+        self._rejected_lock = threading.Lock()
         self._sync = SyncFetcher(clock, http_client)
         self._async = AsyncFetcher(clock, async_http_client)
 
@@ -104,6 +119,7 @@ class Verifier:
             claims = self._cache.get(token, self._clock())
             if claims is not None:
                 return claims
+            self._check_rejected(token)
         flow = self._flow(token)
         try:
             step = next(flow)
@@ -116,6 +132,9 @@ class Verifier:
         except StopIteration as done:
             result: Claims = done.value
             return result
+        except AuthError as error:
+            self._remember_rejection(token, error)
+            raise
 
     async def verify_async(self, token: str | None) -> Claims:
         """Verify a token and return its claims, or raise :class:`AuthError`.
@@ -127,6 +146,7 @@ class Verifier:
             claims = self._cache.get(token, self._clock())
             if claims is not None:
                 return claims
+            self._check_rejected(token)
         flow = self._flow(token)
         try:
             step = next(flow)
@@ -139,6 +159,9 @@ class Verifier:
         except StopIteration as done:
             result: Claims = done.value
             return result
+        except AuthError as error:
+            self._remember_rejection(token, error)
+            raise
 
     async def prefetch(self) -> None:
         """Fetch every remote issuer's keys now (at app startup), without raising on failure."""
@@ -170,6 +193,28 @@ class Verifier:
     def close(self) -> None:
         self._sync.close()
 
+    # -- rejections --------------------------------------------------------------------------
+
+    def _check_rejected(self, token: str) -> None:
+        if not self._rejected.maxsize:
+            return
+        with self._rejected_lock:
+            error = self._rejected.get(token)
+        if error is not None:
+            # A fresh exception each time: re-raising one instance from many threads would
+            # grow and share its traceback.
+            raise AuthError(error.kind, error.description, issuer=error.issuer, kid=error.kid)
+
+    def _remember_rejection(self, token: object, error: AuthError) -> None:
+        if (
+            isinstance(token, str)
+            and self._rejected.maxsize
+            and error.kind in ("invalid_token", "expired_token")
+            and not isinstance(error, _Transient)
+        ):
+            with self._rejected_lock:
+                self._rejected[token] = error
+
     # -- the algorithm -----------------------------------------------------------------------
 
     def _flow(self, token: object) -> _Flow:
@@ -192,7 +237,12 @@ class Verifier:
         # Claims before keys: an expired or misaddressed token costs no signature check and
         # never triggers a key fetch.
         now = self._clock()
-        exp = check_claims(payload, config, now)
+        try:
+            exp = check_claims(payload, config, now)
+        except AuthError as error:
+            if error.kind == "invalid_token" and _dated_in_future(payload, now):
+                raise _Transient(error.kind, error.description, issuer=config.issuer) from None
+            raise
 
         if store.needs_refresh(now):
             yield _Refresh(store, wait=True)
@@ -207,6 +257,10 @@ class Verifier:
             candidates = keys.candidates(kid, jws.alg) if keys is not None else []
         if keys is None:
             raise store.unavailable(self._clock())
+        if not candidates and kid is not None and not keys.has_kid(kid):
+            raise _Transient(
+                "invalid_token", "The token signing key is unknown", issuer=config.issuer, kid=kid
+            )
         key = _first_verifying(jws, candidates)
         if key is None:
             raise AuthError("invalid_token", "The token signature is invalid", issuer=config.issuer, kid=kid)
@@ -216,6 +270,15 @@ class Verifier:
         )
         self._cache.put(token, claims, exp, key)
         return claims
+
+
+def _dated_in_future(payload: Mapping[str, Any], now: float) -> bool:
+    """Whether ``nbf`` or ``iat`` lies ahead: a rejection for that may not hold later."""
+    for name in ("nbf", "iat"):
+        value = payload.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > now:
+            return True
+    return False
 
 
 def _first_verifying(jws: Any, candidates: list[VerificationKey]) -> VerificationKey | None:
