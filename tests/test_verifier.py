@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gatekeeper import AuthError, Issuer, Verifier, load_issuers
+from gatekeeper.devserver import IssuerServer
 from gatekeeper.issuer import DevIssuer
 from gatekeeper.jws import JWSRegistry
 
@@ -108,27 +109,32 @@ def test_rejection_memory_expires(issuer: DevIssuer, clock: Clock, monkeypatch: 
     assert counter.calls == 2
 
 
-def test_not_yet_valid_token_is_not_remembered(verifier: Verifier, issuer: DevIssuer, clock: Clock) -> None:
+def test_not_yet_valid_token_is_not_remembered(issuer: DevIssuer, clock: Clock) -> None:
+    verifier = Verifier(issuer.issuer, jwks=issuer.jwks(), audience="api", clock=clock, rejection_ttl=3600)
     token = issuer.mint(not_before=120, expires_in=600)
     with pytest.raises(AuthError) as info:
         verifier.verify(token)
     assert info.value.kind == "invalid_token"
-    clock.now += 121
+    clock.now += 91  # nbf minus the 30 s leeway has passed; the rejection memory has not
     assert verifier.verify(token)["sub"] == "client-123"
 
 
 def test_unknown_kid_is_not_remembered(issuer: DevIssuer, clock: Clock) -> None:
-    jwks = issuer.jwks()
-    verifier = Verifier(issuer.issuer, jwks=jwks, audience="api", clock=clock)
-    new_kid = issuer.add_key("RS256")
-    token = issuer.mint(kid=new_kid)
-    with pytest.raises(AuthError) as info:
-        verifier.verify(token)
-    assert info.value.description == "The token signing key is unknown"
-    assert info.value.kid == new_kid
-    # The same token against a verifier that knows the key: the rejection was not global.
-    fresh = Verifier(issuer.issuer, jwks=issuer.jwks(), audience="api", clock=clock)
-    assert fresh.verify(token)["iss"] == issuer.issuer
+    with IssuerServer(issuer) as server:
+        verifier = Verifier(
+            issuer.issuer, jwks_url=server.jwks_url, audience="api", clock=clock, rejection_ttl=3600
+        )
+        verifier.prefetch_sync()
+        new_kid = issuer.add_key("RS256")
+        token = issuer.mint(kid=new_kid)
+        with pytest.raises(AuthError) as info:
+            verifier.verify(token)  # inside the unknown-kid cooldown: no refetch yet
+        assert info.value.description == "The token signing key is unknown"
+        assert info.value.kid == new_kid
+        clock.now += 11  # past the cooldown: the same token now triggers a refetch
+        assert verifier.verify(token).kid == new_kid
+        assert server.requests() == 2
+        verifier.close()
 
 
 def test_cache_size_zero_disables_both_caches(
