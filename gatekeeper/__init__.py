@@ -3,7 +3,10 @@
 from .claims import Claims
 from .errors import ERROR_KINDS, AuthError, ErrorKind
 from .keystore import FetchPolicy
+from .middleware import GatekeeperMiddleware, requires_scopes
 from .policy import DEFAULT_ALGORITHMS, Issuer
+from .responses import ErrorResponse, get_profile
+from .rules import Rule
 from .verifier import Verifier, load_issuers
 
 __all__ = [
@@ -12,9 +15,14 @@ __all__ = [
     "AuthError",
     "Claims",
     "ErrorKind",
+    "ErrorResponse",
     "FetchPolicy",
+    "GatekeeperMiddleware",
     "Issuer",
+    "Rule",
     "Verifier",
+    "get_profile",
     "load_issuers",
+    "requires_scopes",
 ]
 __version__ = "0.1.0"
