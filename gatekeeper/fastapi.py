@@ -12,12 +12,16 @@
 The dependency registers two OpenAPI security schemes, HTTP bearer and (with ``token_url``)
 OAuth2 client credentials listing the scopes, so the docs page shows the locks and scopes.
 Behind :class:`~gatekeeper.middleware.GatekeeperMiddleware` it reuses the middleware's
-verification instead of verifying again.
+verification instead of verifying again (and, unless given ``errors``, its error profile).
+Like the middleware it sets ``request.user`` (with ``.principal``) and ``request.auth``, and
+logs one record per rejection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,11 +32,21 @@ from fastapi.params import Security as SecurityParam
 from fastapi.security import HTTPBearer, OAuth2, SecurityScopes
 from starlette.responses import Response
 
+from .accesslog import log_rejection
 from .bearer import BearerSource
 from .claims import Claims, ScopeMode
 from .errors import AuthError
-from .middleware import SCOPE_KEY, GatekeeperState, PrincipalHook, to_starlette
-from .responses import ErrorResponse, ProfileSpec, get_profile
+from .middleware import (
+    SCOPE_KEY,
+    GatekeeperState,
+    PrincipalHook,
+    TokenAuth,
+    TokenUser,
+    resolve_principal,
+    to_starlette,
+    verified_claims,
+)
+from .responses import ErrorProfile, ErrorResponse, ProfileSpec, get_profile
 from .verifier import Verifier
 
 
@@ -46,9 +60,20 @@ class GatekeeperHTTPException(HTTPException):
 
     def __init__(self, rendered: ErrorResponse, error: AuthError) -> None:
         headers = {name: value for name, value in rendered.headers if name != "content-type"}
-        super().__init__(rendered.status, detail=error.description, headers=headers)
+        super().__init__(rendered.status, detail=_detail(rendered, error), headers=headers)
         self.rendered = rendered
         self.error = error
+
+
+def _detail(rendered: ErrorResponse, error: AuthError) -> Any:
+    """The profile's body as ``detail``: parsed when it is JSON, else its text."""
+    content_type = rendered.header("content-type") or ""
+    try:
+        if content_type.startswith("application/json") or content_type.endswith("+json"):
+            return json.loads(rendered.body)
+        return rendered.body.decode("utf-8")
+    except ValueError:
+        return error.description
 
 
 async def _render_exception(request: Request, exc: Exception) -> Response:
@@ -61,14 +86,16 @@ class GatekeeperSecurity:
     (``SecurityScopes`` carries the required scopes) or ``Depends(...)`` (no scopes).
 
     ``mode="any"`` accepts a token carrying any one of the required scopes. ``principal``
-    works as in the middleware: claims to principal, None means ``unknown_principal``.
+    works as in the middleware: claims to principal, None means ``unknown_principal``; it is
+    then ``request.user.principal`` (and ``request.state.principal``). ``errors`` defaults to
+    the middleware's profile behind the middleware, else ``"rfc6750"``.
     """
 
     def __init__(
         self,
         verifier: Verifier | None = None,
         *,
-        errors: ProfileSpec = "rfc6750",
+        errors: ProfileSpec | None = None,
         realm: str = "api",
         query_param: str | Sequence[str] | None = None,
         token_url: str | None = None,
@@ -77,8 +104,11 @@ class GatekeeperSecurity:
         scheme_name: str = "gatekeeper",
         principal: PrincipalHook | None = None,
     ) -> None:
+        if mode not in ("all", "any"):
+            raise ValueError("mode must be 'all' or 'any'")
         self.verifier = verifier
-        self.profile = get_profile(errors, realm)
+        self.profile = get_profile("rfc6750" if errors is None else errors, realm)
+        self._own_profile = errors is not None
         self.source = BearerSource.of(query_param)
         self.mode: ScopeMode = mode
         self.principal = principal
@@ -109,26 +139,48 @@ class GatekeeperSecurity:
         app.add_exception_handler(GatekeeperHTTPException, _render_exception)
 
     async def __call__(self, request: Request, security_scopes: SecurityScopes, **_schemes: Any) -> Claims:
+        scope = request.scope
+        state = scope.get(SCOPE_KEY)
+        if not isinstance(state, GatekeeperState):
+            state = None
+        token: str | None = None
         try:
-            claims = await self._claims(request)
+            if state is not None:
+                verified = verified_claims(scope)
+                if verified is None:  # an optional route, and no token came
+                    raise AuthError("missing_token")
+                claims = verified  # the middleware verified this request already
+            else:
+                token = self.source.extract(scope)
+                claims = await self._verifier().verify_async(token)
             if security_scopes.scopes:
                 claims.require(*security_scopes.scopes, mode=self.mode)
             if self.principal is not None:
-                principal = self.principal(claims)
-                if inspect.isawaitable(principal):
-                    principal = await principal
-                if principal is None:
-                    raise AuthError("unknown_principal", issuer=claims.issuer, kid=claims.kid)
+                principal = await resolve_principal(self.principal, claims)
+                scope["user"] = TokenUser(claims, principal)
                 request.state.principal = principal
+            elif state is None:
+                scope["user"] = TokenUser(claims)
+            if state is None:
+                scope["auth"] = TokenAuth(claims)
         except AuthError as error:
-            raise GatekeeperHTTPException(self.profile.render(error), error) from None
+            raise self._rejection(error, scope, state, token) from None
         return claims
 
-    async def _claims(self, request: Request) -> Claims:
-        state = request.scope.get(SCOPE_KEY)
-        if isinstance(state, GatekeeperState) and state.claims is not None:
-            return state.claims  # the middleware verified this request already
+    def _verifier(self) -> Verifier:
         if self.verifier is None:
             raise RuntimeError("GatekeeperSecurity needs a verifier, or GatekeeperMiddleware in front")
-        token = self.source.extract(request.scope)
-        return await self.verifier.verify_async(token)
+        return self.verifier
+
+    def _rejection(
+        self, error: AuthError, scope: Any, state: GatekeeperState | None, token: str | None
+    ) -> GatekeeperHTTPException:
+        if state is not None and token is None:
+            with contextlib.suppress(AuthError):
+                token = state.source.extract(scope)  # only for its fingerprint in the log
+        source = state.source if state is not None else self.source
+        log_rejection(error, scope, token, source.query_params)
+        profile: ErrorProfile = self.profile
+        if state is not None and not self._own_profile:
+            profile = state.profile
+        return GatekeeperHTTPException(profile.render(error), error)

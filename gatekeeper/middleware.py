@@ -5,6 +5,9 @@ with the verifier's first key fetch at startup and its HTTP clients closed at sh
 On success it follows Starlette's conventions: ``scope["auth"]`` is an ``AuthCredentials``
 carrying the claims and scopes, and ``scope["user"]`` an authenticated user whose identity is
 ``sub``, so ``request.user``, ``request.auth`` and Starlette's ``requires()`` work unchanged.
+
+A request with a cached token allocates only those two small objects here: the state left for
+decorators is one object per middleware, and ``request.auth.scopes`` is built when first read.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,11 +40,22 @@ SCOPE_KEY = "gatekeeper"
 
 
 class TokenAuth(AuthCredentials):
-    """``request.auth``: Starlette's credentials (``scopes`` as a list) plus the claims."""
+    """``request.auth``: Starlette's credentials (``scopes``, a sorted list) plus the claims."""
 
     def __init__(self, claims: Claims) -> None:
-        super().__init__(sorted(claims.scopes))
+        # No super().__init__(): the scopes list is made when first read, not per request.
         self.claims = claims
+        self._scopes: list[str] | None = None
+
+    @property
+    def scopes(self) -> list[str]:
+        if self._scopes is None:
+            self._scopes = sorted(self.claims.scopes)
+        return self._scopes
+
+    @scopes.setter
+    def scopes(self, value: list[str]) -> None:
+        self._scopes = list(value)
 
 
 class TokenUser(BaseUser):
@@ -80,19 +95,30 @@ class AnonymousUser(BaseUser):
         return ""
 
 
+_ANONYMOUS = AnonymousUser()
+
+
 @dataclass(frozen=True, slots=True)
 class GatekeeperState:
-    """What the middleware leaves in ``scope["gatekeeper"]`` for endpoints and decorators."""
+    """What the middleware leaves in ``scope["gatekeeper"]`` (the same object for every
+    request) when it has looked at a request: its error profile and where tokens come from
+    (to fingerprint the token when a decorator rejects the request). The verified claims are
+    ``request.auth.claims`` (see :func:`verified_claims`)."""
 
     profile: ErrorProfile
-    claims: Claims | None
+    source: BearerSource
+
+
+def verified_claims(scope: Scope) -> Claims | None:
+    """The claims the middleware verified for this request, None when it has none."""
+    auth = scope.get("auth")
+    return auth.claims if isinstance(auth, TokenAuth) else None
 
 
 def to_starlette(rendered: ErrorResponse) -> Response:
-    """An error profile's rendering as a Starlette response."""
-    headers = {name: value for name, value in rendered.headers if name != "content-type"}
-    media_type = rendered.header("content-type")
-    return Response(rendered.body, rendered.status, headers=headers, media_type=media_type)
+    """An error profile's rendering as a Starlette response, headers exactly as rendered (plus
+    ``content-length``)."""
+    return Response(rendered.body, rendered.status, headers=dict(rendered.headers))
 
 
 class GatekeeperMiddleware:
@@ -116,7 +142,7 @@ class GatekeeperMiddleware:
         rules: Iterable[Rule] = (),
         exempt: Iterable[str] = (),
         optional: bool = False,
-        scopes: Sequence[str] = (),
+        scopes: str | Sequence[str] = (),
         principal: PrincipalHook | None = None,
         prefetch_keys: bool = True,
     ) -> None:
@@ -127,49 +153,49 @@ class GatekeeperMiddleware:
         self.rules = RuleSet.build(rules, exempt=exempt, optional=optional, scopes=scopes)
         self.principal = principal
         self.prefetch_keys = prefetch_keys
+        self._state = GatekeeperState(self.profile, self.source)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "lifespan":
-            await self._lifespan(scope, receive, send)
+        if kind != "http" and kind != "websocket":
+            if kind == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
-        if kind not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        rule = self.rules.match(scope.get("method", "GET"), scope["path"])
+        rule = self.rules.match_scope(scope)
         if rule.access == "exempt":
+            # Not looked at, but request.user / request.auth work (anonymous) as they would
+            # behind Starlette's AuthenticationMiddleware, unless something outside set them.
+            if "user" not in scope:
+                scope["user"] = _ANONYMOUS
+                scope["auth"] = AuthCredentials()
             await self.app(scope, receive, send)
             return
         token: str | None = None
+        claims: Claims | None = None
+        principal: Any = None
         try:
             token = self.source.extract(scope)
-            if token is None and rule.access == "optional":
-                scope["auth"] = AuthCredentials()
-                scope["user"] = AnonymousUser()
-                scope[SCOPE_KEY] = GatekeeperState(self.profile, None)
-                await self.app(scope, receive, send)
-                return
-            claims = await self.verifier.verify_async(token)
-            if rule.scopes:
-                claims.require(*rule.scopes, mode=rule.mode)
-            principal = await self._principal(claims) if self.principal is not None else None
+            if token is not None or rule.access != "optional":
+                claims = await self.verifier.verify_async(token)
+                if rule.scopes:
+                    claims.require(*rule.scopes, mode=rule.mode)
+                if self.principal is not None:
+                    principal = await resolve_principal(self.principal, claims)
         except AuthError as error:
             log_rejection(error, scope, token, self.source.query_params)
             await self._deny(error, scope, receive, send)
             return
-        scope["auth"] = TokenAuth(claims)
-        scope["user"] = TokenUser(claims, principal)
-        scope[SCOPE_KEY] = GatekeeperState(self.profile, claims)
+        # The app runs outside the try: an AuthError it raises is its own, not a rejection.
+        if claims is None:  # an optional route, and no token came
+            scope["auth"] = AuthCredentials()
+            scope["user"] = _ANONYMOUS
+        else:
+            scope["auth"] = TokenAuth(claims)
+            scope["user"] = TokenUser(claims, principal)
+        scope[SCOPE_KEY] = self._state
         await self.app(scope, receive, send)
-
-    async def _principal(self, claims: Claims) -> Any:
-        assert self.principal is not None
-        principal = self.principal(claims)
-        if inspect.isawaitable(principal):
-            principal = await principal
-        if principal is None:
-            raise AuthError("unknown_principal", issuer=claims.issuer, kid=claims.kid)
-        return principal
 
     async def _deny(self, error: AuthError, scope: Scope, receive: Receive, send: Send) -> None:
         rendered = self.profile.render(error)
@@ -186,11 +212,29 @@ class GatekeeperMiddleware:
             return message
 
         async def send_wrapper(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await self.verifier.aclose()
             await send(message)
 
         await self.app(scope, receive_wrapper, send_wrapper)
+
+
+async def resolve_principal(hook: PrincipalHook, claims: Claims) -> Any:
+    """Run a principal hook (sync or async). None, or an ``AuthError`` the hook raises,
+    rejects the request; the error is given the token's issuer and key id for the log."""
+    try:
+        principal = hook(claims)
+        if inspect.isawaitable(principal):
+            principal = await principal
+    except AuthError as error:
+        if error.issuer is None:
+            error.issuer = claims.issuer
+        if error.kid is None:
+            error.kid = claims.kid
+        raise
+    if principal is None:
+        raise AuthError("unknown_principal", issuer=claims.issuer, kid=claims.kid)
+    return principal
 
 
 async def deny_websocket(rendered: ErrorResponse, scope: Scope, receive: Receive, send: Send) -> None:
@@ -199,45 +243,78 @@ async def deny_websocket(rendered: ErrorResponse, scope: Scope, receive: Receive
     message = await receive()
     if message["type"] != "websocket.connect":
         return  # the client went away first
-    if "websocket.http.response" in scope.get("extensions", {}):
-        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in rendered.headers]
-        await send({"type": "websocket.http.response.start", "status": rendered.status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": rendered.body})
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        # Starlette's Response sends it as websocket.http.response.* with a content-length.
+        await to_starlette(rendered)(scope, receive, send)
     else:
         await send({"type": "websocket.close", "code": 1008, "reason": ""})
 
 
-def _state(conn: HTTPConnection) -> GatekeeperState:
-    state = conn.scope.get(SCOPE_KEY)
-    if not isinstance(state, GatekeeperState):
-        raise RuntimeError("requires_scopes() needs GatekeeperMiddleware in front of the app")
-    return state
+def _connection(args: tuple[Any, ...], kwargs: dict[str, Any]) -> HTTPConnection:
+    # The Request/WebSocket argument: first for functions, second for HTTPEndpoint methods.
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, HTTPConnection):
+            return value
+    raise TypeError("requires_scopes() needs an endpoint taking a Request or WebSocket")
 
 
-def requires_scopes(*scopes: str, mode: ScopeMode = "all") -> Callable[[Any], Any]:
-    """Decorate a Starlette endpoint (function taking a ``Request`` or ``WebSocket``) so that it
-    runs only with a token carrying the scopes, and otherwise answers in the middleware's
-    error profile (``missing_token`` for an anonymous request on an optional route)."""
+def requires_scopes(*scopes: str | Iterable[str], mode: ScopeMode = "all") -> Callable[[Any], Any]:
+    """Decorate a Starlette endpoint (function or endpoint method taking a ``Request`` or
+    ``WebSocket``, sync or async) so that it runs only with a token carrying the scopes, and
+    otherwise answers in the middleware's error profile (``missing_token`` for an anonymous
+    request on an optional route); a websocket is refused before accept.
 
-    def decorator(endpoint: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    Scopes are given as arguments, lists or space-separated strings: ``requires_scopes("a",
+    "b")``, ``requires_scopes(["a", "b"])`` and ``requires_scopes("a b")`` are the same.
+    """
+    if mode not in ("all", "any"):
+        raise ValueError("mode must be 'all' or 'any'")
+    wanted = tuple(name for item in scopes for name in (item.split() if isinstance(item, str) else item))
+
+    def decorator(endpoint: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        is_async = inspect.iscoroutinefunction(endpoint)
+
         @functools.wraps(endpoint)
-        async def wrapper(conn: HTTPConnection, *args: Any, **kwargs: Any) -> Any:
-            state = _state(conn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            conn = _connection(args, kwargs)
+            state = conn.scope.get(SCOPE_KEY)
+            if not isinstance(state, GatekeeperState):
+                raise RuntimeError(
+                    "requires_scopes() needs GatekeeperMiddleware in front of the app, "
+                    "on a path it does not exempt"
+                )
+            claims = verified_claims(conn.scope)
             try:
-                if state.claims is None:
+                if claims is None:
                     raise AuthError("missing_token")
-                state.claims.require(*scopes, mode=mode)
+                claims.require(*wanted, mode=mode)
             except AuthError as error:
-                rendered = state.profile.render(error)
-                if isinstance(conn, WebSocket):
-                    if "websocket.http.response" in conn.scope.get("extensions", {}):
-                        await conn.send_denial_response(to_starlette(rendered))
-                    else:
-                        await conn.close(code=1008)
-                    return None
-                return to_starlette(rendered)
-            return await endpoint(conn, *args, **kwargs)
+                return await _refuse(conn, state, claims, error)
+            if is_async:
+                return await endpoint(*args, **kwargs)
+            result = await run_in_threadpool(endpoint, *args, **kwargs)
+            return await result if inspect.isawaitable(result) else result
 
         return wrapper
 
     return decorator
+
+
+async def _refuse(
+    conn: HTTPConnection, state: GatekeeperState, claims: Claims | None, error: AuthError
+) -> Response | None:
+    if claims is not None:
+        error.issuer, error.kid = claims.issuer, claims.kid
+    try:
+        token = state.source.extract(conn.scope)
+    except AuthError:
+        token = None
+    log_rejection(error, conn.scope, token, state.source.query_params)
+    rendered = state.profile.render(error)
+    if isinstance(conn, WebSocket):
+        if "websocket.http.response" in (conn.scope.get("extensions") or {}):
+            await conn.send_denial_response(to_starlette(rendered))
+        else:
+            await conn.close(code=1008)
+        return None
+    return to_starlette(rendered)

@@ -240,8 +240,9 @@ class Verifier:
         try:
             exp = check_claims(payload, config, now)
         except AuthError as error:
+            error.kid = error.kid or jws.kid  # for the rejection log
             if error.kind == "invalid_token" and _dated_in_future(payload, now):
-                raise _Transient(error.kind, error.description, issuer=config.issuer) from None
+                raise _Transient(error.kind, error.description, issuer=config.issuer, kid=jws.kid) from None
             raise
 
         if store.needs_refresh(now):
