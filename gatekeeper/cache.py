@@ -5,8 +5,10 @@ the token's ``exp`` has not passed and its signing key is still in the key set. 
 bounded in entries; eviction is second-chance FIFO (CLOCK), so a flood of one-off tokens pushes
 out other one-off tokens before the hot ones.
 
-Reads take no lock (dict operations are atomic); writes take a short one. Asyncio code never
-waits on it for long: a write holds it for a few dict operations.
+A hit takes no lock (dict operations are atomic); writes, and dropping an entry that is no
+longer valid, take a short one. Eviction pops from the front of the dict, so it must never race
+with an unlocked removal: a removal between its ``next(iter(...))`` and its ``pop`` made
+``put`` raise ``KeyError``/``StopIteration``. Asyncio code never waits on the lock for long.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from .keys import VerificationKey
 # An entry is a small list, not an object, to keep memory per entry low:
 # [claims, expires_at, signing key, recently used]
 _CLAIMS, _EXPIRES, _KEY, _USED = 0, 1, 2, 3
-_SECOND_CHANCE_SCAN = 32
 
 
 class TokenCache:
@@ -47,7 +48,9 @@ class TokenCache:
             entry[_USED] = True
             claims: Claims = entry[_CLAIMS]
             return claims
-        self._data.pop(token, None)
+        with self._lock:
+            if self._data.get(token) is entry:  # not already replaced by a fresh verification
+                del self._data[token]
         return None
 
     def put(self, token: str, claims: Claims, expires_at: float, key: VerificationKey) -> None:
@@ -59,17 +62,19 @@ class TokenCache:
                 self._evict_one(data)
             data[token] = [claims, expires_at, key, False]
 
-    def _evict_one(self, data: dict[str, list[Any]]) -> None:
-        # Give recently used entries a second chance by moving them to the back, a bounded
-        # number of times, then evict the oldest.
-        for _ in range(_SECOND_CHANCE_SCAN):
+    @staticmethod
+    def _evict_one(data: dict[str, list[Any]]) -> None:
+        # CLOCK: a recently used entry at the front loses its flag and goes to the back. One
+        # full pass clears every flag, so this ends within len(data) + 1 steps; amortised it is
+        # O(1), since each step consumes a flag that a hit set. A fixed scan limit would evict
+        # hot entries whenever more of them than the limit sat at the front.
+        for _ in range(len(data) + 1):
             oldest = next(iter(data))
             entry = data.pop(oldest)
             if not entry[_USED] or not entry[_KEY].alive:
                 return
             entry[_USED] = False
             data[oldest] = entry
-        del data[next(iter(data))]
 
     def clear(self) -> None:
         with self._lock:

@@ -2,6 +2,10 @@
 
 Each driver runs at most one refresh per key store at a time (single-flight): callers that
 arrive while a refresh is under way wait for that one instead of starting their own.
+
+A fetch never raises: whatever goes wrong on the way (refused, timeout, a URL httpx will not
+parse, a body over the size limit) comes back as a :class:`FetchResponse` with ``error`` set, so
+the key store decides what it means (stale-if-error) and no request ever fails with a 500.
 """
 
 from __future__ import annotations
@@ -20,8 +24,20 @@ from .keystore import FetchRequest, FetchResponse, KeyStore, RefreshFlow
 Clock = Callable[[], float]
 
 
+# httpx raises InvalidURL and StreamError outside its HTTPError hierarchy (a discovery document
+# can name a jwks_uri httpx will not parse); OSError/ValueError cover the layers underneath.
+_FETCH_ERRORS = (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError, ValueError)
+
+
 def _too_large(limit: int) -> FetchResponse:
     return FetchResponse(error=f"response larger than {limit} bytes")
+
+
+def _declared_too_large(response: httpx.Response, limit: int) -> bool:
+    # Refuse up front what announces itself as too large; the byte count below still applies
+    # (Content-Length can lie, be absent, or describe the compressed body).
+    length = response.headers.get("content-length", "")
+    return length.isdigit() and int(length) > limit
 
 
 def _transport_error(exc: Exception) -> FetchResponse:
@@ -37,6 +53,7 @@ class SyncFetcher:
         self._client = client
         self._own_client = client is None
         self._locks: weakref.WeakKeyDictionary[KeyStore, threading.Lock] = weakref.WeakKeyDictionary()
+        self._background: weakref.WeakSet[KeyStore] = weakref.WeakSet()
         self._guard = threading.Lock()
 
     def _lock_for(self, store: KeyStore) -> threading.Lock:
@@ -47,9 +64,10 @@ class SyncFetcher:
             return lock
 
     def _http(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(follow_redirects=False)
-        return self._client
+        with self._guard:  # threads refreshing different stores must share one client
+            if self._client is None:
+                self._client = httpx.Client(follow_redirects=False)
+            return self._client
 
     def refresh(self, store: KeyStore) -> None:
         """Refresh now; if another thread is already refreshing this store, wait for it."""
@@ -57,13 +75,29 @@ class SyncFetcher:
         with self._lock_for(store):
             if store.attempts != seen:
                 return  # a refresh finished while we waited: its result is ours too
-            self._drive(store.refresh(self._clock()), store)
+            # A refresh may also have finished between the caller's decision and `seen`:
+            # ask the store again rather than repeat it.
+            now = self._clock()
+            if not store.refresh_due(now):
+                return
+            self._drive(store.refresh(now), store)
 
     def refresh_in_background(self, store: KeyStore) -> None:
-        lock = self._lock_for(store)
-        if lock.locked():
-            return
-        threading.Thread(target=self.refresh, args=(store,), daemon=True, name="gatekeeper-jwks").start()
+        """Start a refresh in a daemon thread, unless one for this store is already pending."""
+        with self._guard:
+            if store in self._background:
+                return
+            self._background.add(store)
+        threading.Thread(
+            target=self._background_refresh, args=(store,), daemon=True, name="gatekeeper-jwks"
+        ).start()
+
+    def _background_refresh(self, store: KeyStore) -> None:
+        try:
+            self.refresh(store)
+        finally:
+            with self._guard:
+                self._background.discard(store)
 
     def _drive(self, flow: RefreshFlow, store: KeyStore) -> None:
         try:
@@ -72,14 +106,21 @@ class SyncFetcher:
                 request = flow.send(self._get(request, store))
         except StopIteration:
             pass
+        finally:
+            flow.close()  # on an unexpected error too: the store must not think it is refreshing
 
     def _get(self, request: FetchRequest, store: KeyStore) -> FetchResponse:
         policy = store.policy
+        client = self._http()  # the first one takes tens of ms (CA bundle): not part of the fetch
+        # httpx's timeout applies to each phase (connect, each read); the deadline also bounds
+        # a body that trickles in. A server trickling its headers can still take ~2x timeout.
         deadline = time.monotonic() + policy.timeout
         try:
-            with self._http().stream(
+            with client.stream(
                 "GET", request.url, headers=dict(request.headers), timeout=policy.timeout
             ) as response:
+                if _declared_too_large(response, policy.max_bytes):
+                    return _too_large(policy.max_bytes)
                 body = bytearray()
                 for chunk in response.iter_bytes():
                     body += chunk
@@ -88,7 +129,7 @@ class SyncFetcher:
                     if time.monotonic() > deadline:
                         return FetchResponse(error="transport error: deadline exceeded")
                 return FetchResponse(response.status_code, _lower(response.headers), bytes(body))
-        except httpx.HTTPError as exc:
+        except _FETCH_ERRORS as exc:
             return _transport_error(exc)
 
     def close(self) -> None:
@@ -106,34 +147,40 @@ class AsyncFetcher:
         self._own_client = client is None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._inflight: dict[KeyStore, asyncio.Task[None]] = {}
-        self._background: set[asyncio.Task[None]] = set()
 
-    def _http(self) -> httpx.AsyncClient:
+    async def _http(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
         if self._own_client and (self._client is None or self._client_loop is not loop):
             # An AsyncClient belongs to the loop that made it; a new loop (a new test, a
-            # restarted app) gets a new client rather than a broken one.
-            self._client = httpx.AsyncClient(follow_redirects=False)
-            self._client_loop = loop
+            # restarted app) gets a new client rather than a broken one. Building one loads
+            # the CA bundle, tens of milliseconds: done in a thread, not on the event loop.
+            client = await asyncio.to_thread(httpx.AsyncClient, follow_redirects=False)
+            if self._client is not None and self._client_loop is loop:
+                await client.aclose()  # another refresh on this loop made one meanwhile
+            else:
+                self._client, self._client_loop = client, loop
         assert self._client is not None
         return self._client
 
-    async def refresh(self, store: KeyStore) -> None:
-        """Refresh now, joining a refresh of the same store that is already under way."""
+    def _task_for(self, store: KeyStore) -> asyncio.Task[None]:
+        # No await between a caller's decision to fetch and this lookup, so on one loop the
+        # first caller creates the task and every later one joins it (or sees its result).
+        loop = asyncio.get_running_loop()
         task = self._inflight.get(store)
-        if task is None or task.get_loop() is not asyncio.get_running_loop():
-            task = asyncio.get_running_loop().create_task(self._drive(store))
+        if task is None or task.get_loop() is not loop:
+            task = loop.create_task(self._drive(store), name="gatekeeper-jwks")
             self._inflight[store] = task
             task.add_done_callback(functools.partial(self._forget, store))
+        return task
+
+    async def refresh(self, store: KeyStore) -> None:
+        """Refresh now, joining a refresh of the same store that is already under way."""
         # shield: one caller being cancelled must not cancel the fetch the others wait on.
-        await asyncio.shield(task)
+        await asyncio.shield(self._task_for(store))
 
     def refresh_in_background(self, store: KeyStore) -> None:
-        if store in self._inflight:
-            return
-        task = asyncio.get_running_loop().create_task(self.refresh(store))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        """Start a refresh (or leave the one under way) without waiting for it."""
+        self._task_for(store)  # referenced from _inflight until done, so it is not collected
 
     def _forget(self, store: KeyStore, task: asyncio.Task[None]) -> None:
         if self._inflight.get(store) is task:
@@ -147,14 +194,19 @@ class AsyncFetcher:
                 request = flow.send(await self._get(request, store))
         except StopIteration:
             pass
+        finally:
+            flow.close()  # cancelled (aclose) or failed: the store must not think it is refreshing
 
     async def _get(self, request: FetchRequest, store: KeyStore) -> FetchResponse:
         policy = store.policy
+        client = await self._http()
         try:
             async with asyncio.timeout(policy.timeout):
-                async with self._http().stream(
+                async with client.stream(
                     "GET", request.url, headers=dict(request.headers), timeout=policy.timeout
                 ) as response:
+                    if _declared_too_large(response, policy.max_bytes):
+                        return _too_large(policy.max_bytes)
                     body = bytearray()
                     async for chunk in response.aiter_bytes():
                         body += chunk
@@ -163,12 +215,16 @@ class AsyncFetcher:
                     return FetchResponse(response.status_code, _lower(response.headers), bytes(body))
         except TimeoutError:
             return FetchResponse(error="transport error: deadline exceeded")
-        except httpx.HTTPError as exc:
+        except _FETCH_ERRORS as exc:
             return _transport_error(exc)
 
     async def aclose(self) -> None:
-        for task in list(self._background):
+        """Cancel refreshes under way on this loop and close the client this driver opened."""
+        loop = asyncio.get_running_loop()
+        tasks = [task for task in self._inflight.values() if task.get_loop() is loop]
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._own_client and self._client is not None:
             await self._client.aclose()
             self._client = None

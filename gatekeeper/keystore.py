@@ -12,7 +12,8 @@ import math
 import re
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
+from urllib.parse import urlsplit
 
 from .errors import AuthError
 from .jws import loads_object
@@ -31,6 +32,7 @@ class FetchPolicy:
     - ``default_ttl``: freshness when the response has no ``Cache-Control: max-age``;
       ``min_ttl``/``max_ttl`` clamp what the server asks for.
     - ``refresh_ahead``: refresh this long before expiry, in the background (None: off).
+      Retries while stale keys are being served after a failure also run in the background.
     - ``unknown_kid_cooldown``: at most one refetch per this interval for tokens whose ``kid``
       is not in the set, so a flood of made-up ids costs one request.
     - ``retry_interval``: after a failed fetch, wait this long before trying again.
@@ -118,6 +120,8 @@ class KeyStore:
         self.last_failure = -math.inf
         self.last_error: str | None = None
         self.attempts = 0
+        #: Refreshes started and not finished (a driver runs at most one at a time).
+        self.refreshing = 0
         self._etag: str | None = None
 
     # -- decisions ---------------------------------------------------------------------------
@@ -128,49 +132,95 @@ class KeyStore:
             return self.keys
         return None
 
+    def _may_retry(self, now: float) -> bool:
+        # After a failure, nothing (expiry, refresh-ahead, unknown kids) fetches again before
+        # retry_interval: an outage must not turn every request into a request to the endpoint.
+        return now >= self.last_failure + self.policy.retry_interval
+
+    def _stale_after_failure(self, now: float) -> bool:
+        # The keys expired, a refresh since then failed, and they are still within their grace.
+        return self.last_failure >= self.fresh_until and self.usable(now) is not None
+
     def needs_refresh(self, now: float) -> bool:
-        """Keys are missing or expired and no failed attempt is still cooling down."""
-        return (
-            self.remote and now >= self.fresh_until and now >= self.last_failure + self.policy.retry_interval
-        )
+        """A refresh the caller should wait for: keys are missing or expired, and no failed
+        attempt is still cooling down.
+
+        Once a refresh after expiry has failed and the last good keys are still within their grace
+        period, retries are not waited for (see :meth:`wants_refresh_ahead`): a slow or dead endpoint
+        must not hold up every request once per ``retry_interval`` while stale keys work.
+        """
+        if not self.remote or now < self.fresh_until or not self._may_retry(now):
+            return False
+        return not self._stale_after_failure(now)
 
     def wants_refresh_ahead(self, now: float) -> bool:
+        """A refresh to start in the background: keys expire within ``refresh_ahead``, or they
+        have expired, the last refresh failed and the stale keys are still usable."""
+        if (
+            not self.remote
+            or not self._may_retry(now)
+            # one background refresh per interval, even before the one under way has finished
+            or now < self.last_attempt + self.policy.retry_interval
+        ):
+            return False
+        if now >= self.fresh_until:
+            return self._stale_after_failure(now)
         ahead = self.policy.refresh_ahead
-        return (
-            self.remote
-            and ahead is not None
-            and self.fresh_until - ahead <= now < self.fresh_until
-            and now >= self.last_attempt + self.policy.retry_interval
-        )
+        return ahead is not None and now >= self.fresh_until - ahead
 
     def may_refetch_for_kid(self, kid: str | None, now: float) -> bool:
         """A token names a key id we do not have: refetch, at most once per cooldown."""
         if not self.remote or kid is None or (self.keys is not None and self.keys.has_kid(kid)):
             return False
-        return now >= self.last_attempt + self.policy.unknown_kid_cooldown
+        if self.refreshing:
+            # A fetch is under way (it may be the one looking for this very kid): wait for it
+            # rather than reject now; the drivers join it, so this costs no request.
+            return True
+        return now >= self.last_attempt + self.policy.unknown_kid_cooldown and self._may_retry(now)
+
+    def refresh_due(self, now: float) -> bool:
+        """Whether any reason to fetch still holds now.
+
+        A driver that had to wait for another caller's refresh checks this before starting its
+        own, so callers that decided to fetch just before that refresh finished do not repeat it.
+        """
+        if not self.remote:
+            return False
+        if self.needs_refresh(now) or self.wants_refresh_ahead(now):
+            return True
+        return now >= self.last_attempt + self.policy.unknown_kid_cooldown and self._may_retry(now)
 
     def unavailable(self, now: float) -> AuthError:
         """The error to answer when there are no usable keys, with a Retry-After hint."""
-        retry = max(1, math.ceil(self.last_failure + self.policy.retry_interval - now))
+        next_try = self.last_failure + self.policy.retry_interval
+        # No failure recorded (e.g. a fetch that raised): ceil(-inf) would raise OverflowError.
+        retry = max(1, math.ceil(next_try - now)) if math.isfinite(next_try) else 1
         return AuthError("keys_unavailable", issuer=self.issuer, retry_after=retry)
 
     # -- the refresh flow --------------------------------------------------------------------
 
     def refresh(self, now: float) -> RefreshFlow:
-        """Fetch (discovery, then) the JWKS and apply it. Failures are recorded, not raised."""
+        """Fetch (discovery, then) the JWKS and apply it. Failures are recorded, not raised.
+
+        A driver must run the flow to its end or ``close()`` it.
+        """
         self.last_attempt = now
         self.attempts += 1
-        if self.jwks_url is None:
-            error = yield from self._discover()
-            if error is not None:
-                self._failed(now, error)
-                return
-        assert self.jwks_url is not None
-        headers = {"accept": "application/json"}
-        if self._etag and self.keys is not None:
-            headers["if-none-match"] = self._etag
-        response = yield FetchRequest(self.jwks_url, headers)
-        self._apply(response, now)
+        self.refreshing += 1
+        try:
+            if self.jwks_url is None:
+                error = yield from self._discover()
+                if error is not None:
+                    self._failed(now, error)
+                    return
+            assert self.jwks_url is not None
+            headers = {"accept": "application/json"}
+            if self._etag and self.keys is not None:
+                headers["if-none-match"] = self._etag
+            response = yield FetchRequest(self.jwks_url, headers)
+            self._apply(response, now)
+        finally:
+            self.refreshing -= 1
 
     def _discover(self) -> Generator[FetchRequest, FetchResponse, str | None]:
         error = "no discovery URL"
@@ -187,7 +237,7 @@ class KeyStore:
                 # RFC 8414 3.3 / OIDC Discovery 4.3: a mismatch means the document is not ours.
                 return "discovery document names another issuer"
             jwks_uri = metadata.get("jwks_uri")
-            if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
+            if not _is_http_url(jwks_uri):
                 return "discovery document has no usable jwks_uri"
             self.jwks_url = jwks_uri
             return None
@@ -198,6 +248,7 @@ class KeyStore:
             self._failed(now, response.error)
             return
         if response.status == 304 and self.keys is not None:
+            self._etag = response.headers.get("etag", self._etag)
             self._fresh(now, response.headers)
             return
         if response.status != 200:
@@ -211,6 +262,12 @@ class KeyStore:
             return
         for skipped in keyset.skipped:
             logger.warning("issuer %s: key %s skipped: %s", self.issuer, skipped.kid, skipped.reason)
+        if not keyset.keys:
+            # An identity provider that issues tokens does not publish an empty set; a broken one
+            # (or a proxy in front of it) does. Keep the last good keys (stale-if-error).
+            reasons = "; ".join(f"{s.kid}: {s.reason}" for s in keyset.skipped[:5])
+            self._failed(now, "key set has no usable key" + (f" ({reasons})" if reasons else ""))
+            return
         self._replace(keyset)
         self._etag = response.headers.get("etag")
         self._fresh(now, response.headers)
@@ -245,3 +302,15 @@ class KeyStore:
             "usable": self.usable(now) is not None,
             "last_error": self.last_error,
         }
+
+
+def _is_http_url(value: object) -> TypeGuard[str]:
+    """An absolute http(s) URL with a host that httpx will accept (not just a prefix match)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for an out-of-range port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
