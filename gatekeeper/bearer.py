@@ -24,6 +24,10 @@ def _malformed(description: str) -> AuthError:
     return AuthError("invalid_request", description)
 
 
+#: RFC 6750 2.3's query parameter.
+ACCESS_TOKEN_PARAM: Final = "access_token"
+
+
 @dataclass(frozen=True, slots=True)
 class BearerSource:
     """Where tokens may come from. ``query_params`` names the query parameters to accept
@@ -33,13 +37,25 @@ class BearerSource:
     query_params: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, query_param: str | Sequence[str] | None = None, *, header: bool = True) -> BearerSource:
+    def of(
+        cls,
+        query_param: str | Sequence[str] | None = None,
+        *,
+        header: bool = True,
+        access_token: bool = False,
+    ) -> BearerSource:
+        """``query_param`` names the query parameter(s) to accept (e.g. ``"bearer_token"``);
+        ``access_token=True`` also accepts RFC 6750's ``access_token`` parameter."""
         if query_param is None:
             names: tuple[str, ...] = ()
         elif isinstance(query_param, str):
             names = (query_param,)
         else:
             names = tuple(query_param)
+        if access_token and ACCESS_TOKEN_PARAM not in names:
+            names += (ACCESS_TOKEN_PARAM,)
+        if any(not name for name in names):
+            raise ValueError("a token query parameter needs a name")
         return cls(header, names)
 
     def extract(self, scope: Mapping[str, Any]) -> str | None:
@@ -57,7 +73,8 @@ class BearerSource:
 def _from_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     found: bytes | None = None
     for name, value in headers:
-        if name == b"authorization":
+        # ASGI servers lower-case header names; a hand-built scope may not.
+        if name.lower() == b"authorization":
             if found is not None:
                 raise _malformed("Only one Authorization header is allowed")
             found = value
@@ -79,13 +96,15 @@ def _from_query(query_string: bytes, names: tuple[str, ...]) -> str | None:
     if not query_string:
         return None
     text = query_string.decode("latin-1")
-    if not any(name in text for name in names):
-        return None  # the common case: no token parameter, nothing to parse
+    if "%" not in text and not any(name in text for name in names):
+        # The common case: no token parameter, nothing to parse. (With a "%" a name may be
+        # percent-encoded, and parse_qsl would decode it: parse rather than miss a token.)
+        return None
     found: str | None = None
     for key, value in parse_qsl(text, keep_blank_values=True):
         if key in names:
             if found is not None:
-                raise _malformed("The token parameter is repeated")
+                raise _malformed("The token was sent in more than one parameter")
             if not value:
                 raise _malformed("The token parameter is empty")
             found = value

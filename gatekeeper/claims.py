@@ -72,8 +72,11 @@ class Claims(Mapping[str, Any]):
     def has_scopes(self, scopes: Iterable[str], mode: ScopeMode = "all") -> bool:
         """Whether the token carries the scopes: all of them, or at least one with ``mode="any"``.
 
-        Requiring no scopes is always satisfied.
+        Requiring no scopes is always satisfied. A plain string is a space-separated scope
+        list (``"read write"``), as in OAuth, never a sequence of one-letter scopes.
         """
+        if isinstance(scopes, str):
+            scopes = scopes.split()
         wanted = scopes if isinstance(scopes, frozenset) else frozenset(scopes)
         if not wanted:
             return True
@@ -85,13 +88,15 @@ class Claims(Mapping[str, Any]):
         """Raise ``insufficient_scope`` (carrying what was required) unless the scopes are present.
 
         Returns the claims, so ``claims = verifier.verify(token).require("read")`` reads well.
+        Each argument may itself be a space-separated list: ``require("read write")``.
         """
         if mode not in ("all", "any"):
             raise ValueError("mode must be 'all' or 'any'")
-        if not self.has_scopes(scopes, mode):
+        wanted = tuple(dict.fromkeys(part for scope in scopes for part in scope.split()))
+        if not self.has_scopes(wanted, mode):
             raise AuthError(
                 "insufficient_scope",
-                required_scopes=scopes,
+                required_scopes=wanted,
                 scope_mode=mode,
                 issuer=self.issuer,
                 kid=self.kid,

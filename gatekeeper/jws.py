@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
+from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
 
 from .errors import AuthError
@@ -143,6 +144,7 @@ def check_signature(jws: CompactJWS, key: Any) -> bool:
     model = JWSRegistry.algorithms[jws.alg]
     try:
         return bool(model.verify(jws.signing_input, jws.signature, key))
-    except (ValueError, TypeError, AttributeError):
-        # A signature of the wrong shape for the key (e.g. ECDSA integers out of range).
+    except (ValueError, TypeError, AttributeError, JoseError):
+        # A signature of the wrong shape for the key (e.g. ECDSA integers out of range), or a
+        # key joserfc will not use for this operation: a failed check, never joserfc's error.
         return False

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from .claims import DEFAULT_SCOPE_CLAIMS
 from .errors import AuthError
-from .keys import HMAC_MIN_BYTES, KeySet, hmac_key, import_pem, parse_jwks
+from .keys import HMAC_MIN_BYTES, KeySet, VerificationKey, hmac_key, import_pem, parse_jwks
 from .keystore import FetchPolicy, KeyStore
 
 #: The default allow-list: asymmetric algorithms only (RFC 8725 3.1).
@@ -61,6 +61,8 @@ class Issuer:
             )
         if self.verify_audience and not self.audiences:
             raise ValueError(f"issuer {self.issuer!r}: give an audience (or verify_audience=False)")
+        if not all(isinstance(a, str) and a for a in self.audiences):
+            raise ValueError(f"issuer {self.issuer!r}: audiences are non-empty strings")
         if not 0 <= self.leeway <= 300:
             raise ValueError("leeway must be between 0 and 300 seconds")
         if self.typ is not None and self.typ.lower() not in _ACCESS_TOKEN_TYPES:
@@ -68,6 +70,10 @@ class Issuer:
         if self.max_token_bytes < 256:
             raise ValueError("max_token_bytes is too small for any real token")
         algs = self.allowed_algorithms
+        if not algs and self.hmac_secret is not None and self.algorithms is None:
+            raise ValueError(
+                f"the hmac_secret is shorter than {HMAC_MIN_BYTES['HS256']} bytes (RFC 7518 3.2)"
+            )
         if not algs:
             raise ValueError("the algorithm allow-list is empty")
         bad = {
@@ -77,8 +83,13 @@ class Issuer:
             raise ValueError(f"algorithms not allowed: {sorted(bad)}")
         if self.hmac_secret is None and not algs.isdisjoint(HMAC_MIN_BYTES):
             raise ValueError("HS* algorithms need an explicitly configured hmac_secret")
-        if self.hmac_secret is not None and not algs <= set(HMAC_MIN_BYTES):
-            raise ValueError("an hmac_secret issuer allows only HS* algorithms")
+        if self.hmac_secret is not None:
+            if not algs <= set(HMAC_MIN_BYTES):
+                raise ValueError("an hmac_secret issuer allows only HS* algorithms")
+            short = sorted(a for a in algs if len(self._secret_bytes) < HMAC_MIN_BYTES[a])
+            if short:
+                # RFC 7518 3.2: a key shorter than the hash output is not allowed.
+                raise ValueError(f"the hmac_secret is shorter than the hash size of {short}")
 
     @cached_property
     def audiences(self) -> frozenset[str]:
@@ -90,11 +101,22 @@ class Issuer:
 
     @cached_property
     def allowed_algorithms(self) -> frozenset[str]:
+        if isinstance(self.algorithms, str):
+            return frozenset({self.algorithms})
         if self.algorithms is not None:
             return frozenset(self.algorithms)
         if self.hmac_secret is not None:
-            return frozenset(HMAC_MIN_BYTES)
+            # By default, the HS algorithms the secret is long enough for.
+            size = len(self._secret_bytes)
+            return frozenset(alg for alg, need in HMAC_MIN_BYTES.items() if size >= need)
         return frozenset(DEFAULT_ALGORITHMS)
+
+    @property
+    def _secret_bytes(self) -> bytes:
+        secret = self.hmac_secret
+        if secret is None:
+            return b""
+        return secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
 
     def key_store(self) -> KeyStore:
         """A key store for this issuer's key source."""
@@ -111,9 +133,9 @@ class Issuer:
 
     def _static_keys(self) -> KeySet:
         if self.hmac_secret is not None:
-            return KeySet([hmac_key(self.hmac_secret, self.allowed_algorithms)])
+            return _SingleKey(hmac_key(self.hmac_secret, self.allowed_algorithms))
         if self.public_key is not None:
-            return KeySet([import_pem(self.public_key)])
+            return _SingleKey(import_pem(self.public_key))
         document = self.jwks
         if isinstance(document, (str, Path)):
             document = json.loads(Path(document).read_text(encoding="utf-8"))
@@ -123,14 +145,39 @@ class Issuer:
         return keyset
 
 
+class _SingleKey(KeySet):
+    """One explicitly configured key (a PEM public key or an HMAC secret).
+
+    It has no ``kid`` of its own, so a token's ``kid`` (which most issuers send) is a hint that
+    names no other key here: the key is tried whatever the ``kid`` says, as long as it fits the
+    algorithm. Other issuers' tokens are still never tried against it (their ``iss`` selects
+    their own store).
+    """
+
+    __slots__ = ()
+
+    def __init__(self, key: VerificationKey) -> None:
+        super().__init__([key])
+
+    def candidates(self, kid: str | None, alg: str) -> list[VerificationKey]:
+        return [key for key in self.keys if key.fits(alg)]
+
+
 def _number(payload: Mapping[str, Any], name: str) -> float | None:
     value = payload.get(name)
     if value is None:
         return None
-    # bool is an int in Python but not a NumericDate; NaN/inf are refused by the JSON parser.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # bool is an int in Python but not a NumericDate; NaN is refused by the JSON parser, but
+    # 1e999 parses as inf and an integer of 400 digits does not fit a float at all.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise AuthError("invalid_token", f"The {name} claim must be a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise AuthError("invalid_token", f"The {name} claim must be a number")
+    return number
 
 
 def check_header_type(header: Mapping[str, Any], issuer: Issuer) -> None:
@@ -158,8 +205,10 @@ def check_claims(payload: Mapping[str, Any], issuer: Issuer, now: float) -> floa
         raise AuthError("invalid_token", "The token was issued in the future", issuer=issuer.issuer)
     if issuer.verify_audience:
         aud = payload.get("aud")
-        auds = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
-        if not any(isinstance(a, str) and a in issuer.audiences for a in auds):
+        # A string or an array of strings (RFC 7519 4.1.3); members of other types (which may
+        # not even be hashable) never match.
+        values = (aud,) if isinstance(aud, str) else aud if isinstance(aud, list) else ()
+        if not any(isinstance(a, str) and a in issuer.audiences for a in values):
             raise AuthError("invalid_token", "The token is not for this audience", issuer=issuer.issuer)
     sub = payload.get("sub")
     if sub is not None and not isinstance(sub, str):

@@ -76,7 +76,8 @@ def bearer_challenge(error: AuthError, realm: str) -> str:
 
 
 def _json(body: Any) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    # "replace": a lone surrogate in a description must not turn a 401 into a 500.
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
 
 
 BodyRenderer = Callable[[AuthError, int], Any]
@@ -86,8 +87,9 @@ BodyRenderer = Callable[[AuthError, int], Any]
 class TableProfile:
     """A profile as a status table and a JSON body renderer.
 
-    A 401 or 403 always carries the RFC 6750 ``WWW-Authenticate`` challenge (HTTP requires a
-    challenge on 401); ``keys_unavailable`` carries ``Retry-After``.
+    A response whose status is in ``challenge_statuses`` (401 and 403 by default; HTTP requires
+    a challenge on 401) carries the RFC 6750 ``WWW-Authenticate`` challenge;
+    ``keys_unavailable`` carries ``Retry-After``.
     """
 
     name: str
@@ -95,6 +97,7 @@ class TableProfile:
     body: BodyRenderer
     realm: str = "api"
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    challenge_statuses: frozenset[int] = frozenset({401, 403})
 
     def __post_init__(self) -> None:
         missing = set(ERROR_KINDS) - set(self.statuses)
@@ -104,7 +107,7 @@ class TableProfile:
     def render(self, error: AuthError) -> ErrorResponse:
         status = self.statuses[error.kind]
         headers: list[tuple[str, str]] = [("content-type", "application/json")]
-        if status in (401, 403):
+        if status in self.challenge_statuses:
             headers.append(("www-authenticate", bearer_challenge(error, self.realm)))
         if error.kind == "keys_unavailable":
             headers.append(("retry-after", str(error.retry_after or 1)))
@@ -129,12 +132,17 @@ def _rfc6750_body(error: AuthError, status: int) -> dict[str, Any]:
 
 
 def rfc6750(realm: str = "api") -> TableProfile:
-    """RFC 6750: 401 (no error code when the token is missing), 400, 403 with ``scope``, 503."""
+    """RFC 6750: 401 (no error code when the token is missing), 400, 403 with ``scope``, 503.
+
+    The 400 carries the challenge too: RFC 6750 3.1 defines ``invalid_request`` as a value of
+    the challenge's ``error`` attribute.
+    """
     return TableProfile(
         "rfc6750",
         _statuses(401, invalid_request=400, insufficient_scope=403, keys_unavailable=503),
         _rfc6750_body,
         realm,
+        challenge_statuses=frozenset({400, 401, 403}),
     )
 
 
