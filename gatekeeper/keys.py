@@ -114,6 +114,8 @@ def import_jwk(data: object) -> VerificationKey:
         raise KeyImportError("missing key type")
     if kty == "oct":
         raise KeyImportError("symmetric keys are only accepted as an explicitly configured secret")
+    if kty not in ("RSA", "EC", "OKP"):
+        raise KeyImportError(f"unsupported key type {kty[:20]!r}")
     if not _PRIVATE_MEMBERS.isdisjoint(data):
         raise KeyImportError("private key material in a public key set")
     kid = data.get("kid")

@@ -191,6 +191,7 @@ class Verifier:
         self._sync.close()
 
     def close(self) -> None:
+        """Close the sync HTTP client (async code: use :meth:`aclose`, which closes both)."""
         self._sync.close()
 
     # -- rejections --------------------------------------------------------------------------
@@ -269,7 +270,10 @@ class Verifier:
         claims = Claims(
             payload, normalise_scopes(payload, config.scope_claims), issuer=config.issuer, kid=key.kid
         )
-        self._cache.put(token, claims, exp, key)
+        # An entry must not outlive the key set it was checked against: past the set's
+        # freshness the token goes through the flow again, which refetches the keys (and so
+        # learns of removals). Static key sets are fresh forever: the entry lives until exp.
+        self._cache.put(token, claims, min(exp, max(store.fresh_until, now + 1.0)), key)
         return claims
 
 

@@ -279,12 +279,6 @@ def test_a_key_that_leaves_the_set_stops_verifying_cached_tokens_at_once(
     assert verifier.verify(kept) is claims_kept
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="verifier.py caches a token until its exp even past the key set's freshness, so with "
-    "only cached tokens in use the keys are never refetched and a removed key keeps verifying "
-    "them (fix proposed to the verifier's owner: cap the entry at the key set's fresh_until)",
-)
 def test_a_removed_key_stops_verifying_cached_tokens_once_the_key_set_expires(
     server: IssuerServer, verifier: Verifier, clock: Clock
 ) -> None:
