@@ -73,8 +73,9 @@ class BearerSource:
 def _from_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     found: bytes | None = None
     for name, value in headers:
-        # ASGI servers lower-case header names; a hand-built scope may not.
-        if name.lower() == b"authorization":
+        # ASGI servers lower-case header names; a hand-built scope may not. The length test
+        # keeps the per-header cost of the common case to one comparison.
+        if name == b"authorization" or (len(name) == 13 and name.lower() == b"authorization"):
             if found is not None:
                 raise _malformed("Only one Authorization header is allowed")
             found = value

@@ -32,8 +32,10 @@ SUPPORTED_ALGORITHMS: Final[frozenset[str]] = frozenset(
 )  # fmt: skip
 
 _SEGMENT = r"[A-Za-z0-9_-]"
-# Header and payload are non-empty; an empty signature is only well-formed, never valid.
-_COMPACT_RE: Final = re.compile(rf"({_SEGMENT}+)\.({_SEGMENT}+)\.({_SEGMENT}*)")
+# The header is non-empty. An empty payload is a valid JWS (RFC 7515), though never a JWT: the
+# verifier's JSON check refuses it. An empty signature is only well-formed, never valid.
+_COMPACT_RE: Final = re.compile(rf"({_SEGMENT}+)\.({_SEGMENT}*)\.({_SEGMENT}*)")
+_BASE64URL: Final = re.compile(rf"{_SEGMENT}*")
 _B64_INDEX: Final[dict[str, int]] = {
     c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 }
@@ -48,6 +50,8 @@ def _invalid(description: str) -> AuthError:
 
 def b64url_decode(segment: str) -> bytes:
     """Decode canonical unpadded base64url: no padding, no stray characters, zero unused bits."""
+    if not _BASE64URL.fullmatch(segment):
+        raise ValueError("not base64url")
     rem = len(segment) % 4
     if rem == 1:
         raise ValueError("impossible base64url length")
@@ -111,6 +115,8 @@ def parse_compact(token: str, max_size: int = 16384) -> CompactJWS:
     Raises ``invalid_token`` for anything but three canonical base64url segments with a JSON
     object header naming a supported ``alg`` and no extension the verifier does not implement.
     """
+    if not isinstance(token, str):
+        raise _invalid("The token is not a string")
     if len(token) > max_size:
         raise _invalid("The token is too large")
     match = _COMPACT_RE.fullmatch(token)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -97,7 +97,7 @@ def _allowed_algorithms(data: Mapping[str, Any], kty: str, crv: str | None) -> f
     algs = algorithms_for(kty, crv)
     declared = data.get("alg")
     if declared is not None:
-        if declared not in algs or declared not in SUPPORTED_ALGORITHMS:
+        if not isinstance(declared, str) or declared not in algs or declared not in SUPPORTED_ALGORITHMS:
             raise KeyImportError("key alg does not fit its type and curve")
         algs = frozenset({declared})
     if not algs:
@@ -223,9 +223,13 @@ class KeySet:
     def candidates(self, kid: str | None, alg: str) -> list[VerificationKey]:
         """Keys that may verify a token with this ``kid`` header (or none) and ``alg``.
 
-        With a ``kid`` only keys of that id are tried; without one every key that fits.
+        With a ``kid`` only keys of that id are tried, or, when no key has that id, the keys
+        that have no id at all (a PEM key, an HMAC secret, a JWKS without ids: the ``kid`` names
+        nothing here, and those keys are still this issuer's). Without a ``kid``, every key.
         """
-        pool = self.keys if kid is None else self._by_kid.get(kid, ())
+        pool: Sequence[VerificationKey] = self.keys
+        if kid is not None:
+            pool = self._by_kid.get(kid) or self._by_kid.get(None) or ()
         return [key for key in pool if key.fits(alg)]
 
     def has_kid(self, kid: str) -> bool:

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from .claims import DEFAULT_SCOPE_CLAIMS
 from .errors import AuthError
-from .keys import HMAC_MIN_BYTES, KeySet, VerificationKey, hmac_key, import_pem, parse_jwks
+from .keys import HMAC_MIN_BYTES, KeySet, hmac_key, import_pem, parse_jwks
 from .keystore import FetchPolicy, KeyStore
 
 #: The default allow-list: asymmetric algorithms only (RFC 8725 3.1).
@@ -133,9 +133,9 @@ class Issuer:
 
     def _static_keys(self) -> KeySet:
         if self.hmac_secret is not None:
-            return _SingleKey(hmac_key(self.hmac_secret, self.allowed_algorithms))
+            return KeySet([hmac_key(self.hmac_secret, self.allowed_algorithms)])
         if self.public_key is not None:
-            return _SingleKey(import_pem(self.public_key))
+            return KeySet([import_pem(self.public_key)])
         document = self.jwks
         if isinstance(document, (str, Path)):
             document = json.loads(Path(document).read_text(encoding="utf-8"))
@@ -143,24 +143,6 @@ class Issuer:
         if not keyset.keys:
             raise ValueError(f"issuer {self.issuer!r}: the static JWKS has no usable key")
         return keyset
-
-
-class _SingleKey(KeySet):
-    """One explicitly configured key (a PEM public key or an HMAC secret).
-
-    It has no ``kid`` of its own, so a token's ``kid`` (which most issuers send) is a hint that
-    names no other key here: the key is tried whatever the ``kid`` says, as long as it fits the
-    algorithm. Other issuers' tokens are still never tried against it (their ``iss`` selects
-    their own store).
-    """
-
-    __slots__ = ()
-
-    def __init__(self, key: VerificationKey) -> None:
-        super().__init__([key])
-
-    def candidates(self, kid: str | None, alg: str) -> list[VerificationKey]:
-        return [key for key in self.keys if key.fits(alg)]
 
 
 def _number(payload: Mapping[str, Any], name: str) -> float | None:

@@ -219,7 +219,7 @@ class Verifier:
     # -- the algorithm -----------------------------------------------------------------------
 
     def _flow(self, token: object) -> _Flow:
-        if token is None or token == "":
+        if token is None or (isinstance(token, str) and not token):
             raise AuthError("missing_token")
         if not isinstance(token, str):
             raise AuthError("invalid_token", "The token is not a string")

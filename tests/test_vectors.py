@@ -79,17 +79,6 @@ def cases_by_id(name: str) -> dict[str, dict[str, Any]]:
     return {str(t["tcId"]): t for group in wycheproof(name)["testGroups"] for t in group["tests"]}
 
 
-# Cases that cannot pass against the current gatekeeper/jws.py, and why. Strict: once the code
-# changes they pass, the xfail turns into a failure, and the entry has to go.
-KNOWN_GAPS: dict[tuple[str, int], str] = {
-    (JWS_FILE, tc_id): (
-        "gatekeeper.jws.parse_compact refuses an empty payload segment, which RFC 7515 allows "
-        "(an empty payload is never a JWT, so production tokens are unaffected)"
-    )
-    for tc_id in (259, 264, 268, 272, 320, 325)
-}
-
-
 def wycheproof_cases(name: str, prefix: str) -> list[Any]:
     defects = label_defects(name)
     params = []
@@ -98,9 +87,7 @@ def wycheproof_cases(name: str, prefix: str) -> list[Any]:
             defect = defects.get(str(test["tcId"]))
             expected = test["result"] if defect is None else corrected(defect)
             case_id = f"{prefix}-tc{test['tcId']}-{test['comment']}" + ("-label-defect" if defect else "")
-            gap = KNOWN_GAPS.get((name, test["tcId"]))
-            marks = [pytest.mark.xfail(strict=True, reason=gap)] if gap else []
-            params.append(pytest.param(group, test, expected, id=case_id, marks=marks))
+            params.append(pytest.param(group, test, expected, id=case_id))
     return params
 
 
