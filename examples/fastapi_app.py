@@ -86,20 +86,6 @@ def create_app(verifier: Verifier, *, token_url: str | None = None, errors: str 
 # -- running it as a script ----------------------------------------------------------------------
 
 
-def verifier_from_env(env: Mapping[str, str] = os.environ) -> Verifier | None:
-    """A verifier for GATEKEEPER_ISSUER / GATEKEEPER_AUDIENCE / GATEKEEPER_JWKS_URL, if set."""
-    issuer = env.get("GATEKEEPER_ISSUER")
-    if not issuer:
-        return None
-    audience = env.get("GATEKEEPER_AUDIENCE")
-    if not audience:
-        sys.exit("GATEKEEPER_AUDIENCE must be set along with GATEKEEPER_ISSUER")
-    jwks_url = env.get("GATEKEEPER_JWKS_URL")
-    if jwks_url:
-        return Verifier(issuer, jwks_url=jwks_url, audience=audience)
-    return Verifier(issuer, discovery=True, audience=audience)
-
-
 @contextmanager
 def dev_tokens(server: IssuerServer, tokens: Mapping[str, Sequence[str]]) -> Iterator[Path]:
     """Throwaway tokens (name -> scopes) in a private temporary folder, removed afterwards."""
@@ -119,7 +105,7 @@ def main() -> None:
     # uvicorn re-raises SIGTERM after its graceful shutdown; make that a normal exit so that
     # the token folder is cleaned up.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    verifier = verifier_from_env()
+    verifier = Verifier.from_env()
     if verifier is not None:
         app = create_app(verifier, token_url=os.environ.get("GATEKEEPER_TOKEN_URL"))
         print(f"trusting {', '.join(verifier.issuers)}; serving on {base} (docs: {base}/docs)", flush=True)

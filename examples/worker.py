@@ -14,9 +14,8 @@ needs it, and concurrent threads share a single fetch.
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -88,22 +87,8 @@ def print_outcomes(outcomes: Sequence[Outcome]) -> None:
     print(f"{len(outcomes)} tokens: {accepted} accepted, {len(outcomes) - accepted} rejected")
 
 
-def verifier_from_env(env: Mapping[str, str] = os.environ) -> Verifier | None:
-    """A verifier for GATEKEEPER_ISSUER / GATEKEEPER_AUDIENCE / GATEKEEPER_JWKS_URL, if set."""
-    issuer = env.get("GATEKEEPER_ISSUER")
-    if not issuer:
-        return None
-    audience = env.get("GATEKEEPER_AUDIENCE")
-    if not audience:
-        sys.exit("GATEKEEPER_AUDIENCE must be set along with GATEKEEPER_ISSUER")
-    jwks_url = env.get("GATEKEEPER_JWKS_URL")
-    if jwks_url:
-        return Verifier(issuer, jwks_url=jwks_url, audience=audience)
-    return Verifier(issuer, discovery=True, audience=audience)
-
-
 def main() -> None:
-    verifier = verifier_from_env()
+    verifier = Verifier.from_env()
     if verifier is not None:
         batch = [(f"line {n}", line.strip()) for n, line in enumerate(sys.stdin, 1) if line.strip()]
         try:

@@ -7,7 +7,7 @@ written for the client: it never contains the token, a key, or a stack trace.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 ErrorKind = Literal[
     "missing_token",
@@ -20,16 +20,8 @@ ErrorKind = Literal[
     "keys_unavailable",
 ]
 
-ERROR_KINDS: Final[tuple[ErrorKind, ...]] = (
-    "missing_token",
-    "invalid_request",
-    "invalid_token",
-    "expired_token",
-    "insufficient_scope",
-    "revoked_token",
-    "unknown_principal",
-    "keys_unavailable",
-)
+#: Every kind, in a stable order (profiles must cover them all).
+ERROR_KINDS: Final[tuple[ErrorKind, ...]] = get_args(ErrorKind)
 
 _DEFAULT_DESCRIPTIONS: Final[dict[ErrorKind, str]] = {
     "missing_token": "A bearer token is required",

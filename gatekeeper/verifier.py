@@ -7,6 +7,7 @@ The algorithm lives once, in :meth:`Verifier._flow`, a generator that yields a
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -104,6 +105,25 @@ class Verifier:
         self._sync = SyncFetcher(clock, http_client)
         self._async = AsyncFetcher(clock, async_http_client)
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **options: Any) -> Verifier | None:
+        """A single-issuer verifier from ``GATEKEEPER_ISSUER``, ``GATEKEEPER_AUDIENCE`` and
+        ``GATEKEEPER_JWKS_URL`` (without it, discovery), or None when no issuer is set.
+
+        ``options`` go to the constructor (``clock``, ``cache_size``, Issuer fields, ...).
+        """
+        env = os.environ if env is None else env
+        issuer = env.get("GATEKEEPER_ISSUER")
+        if not issuer:
+            return None
+        audience = env.get("GATEKEEPER_AUDIENCE")
+        if not audience:
+            raise ValueError("GATEKEEPER_AUDIENCE must be set along with GATEKEEPER_ISSUER")
+        jwks_url = env.get("GATEKEEPER_JWKS_URL")
+        if jwks_url:
+            return cls(issuer, jwks_url=jwks_url, audience=audience, **options)
+        return cls(issuer, discovery=True, audience=audience, **options)
+
     @property
     def issuers(self) -> Mapping[str, Issuer]:
         return {name: trusted.config for name, trusted in self._issuers.items()}
@@ -115,6 +135,8 @@ class Verifier:
 
         For workers and sync code: a key fetch, when one is needed, blocks this thread only.
         """
+        # The cache lookup is inlined here and in verify_async (not a shared helper): it is the
+        # whole hot path, and a method call would add a fifth to its cost.
         if isinstance(token, str):
             claims = self._cache.get(token, self._clock())
             if claims is not None:

@@ -202,24 +202,22 @@ async def test_fastapi_openapi_shows_schemes_and_scopes(verifier: Verifier) -> N
 
 
 def test_verifier_from_env() -> None:
-    for module in (starlette_app, fastapi_app, worker):
-        assert module.verifier_from_env({}) is None
-        env = {
-            "GATEKEEPER_ISSUER": "https://id.example",
-            "GATEKEEPER_AUDIENCE": "api",
-            "GATEKEEPER_JWKS_URL": "https://id.example/jwks",
-        }
-        verifier = module.verifier_from_env(env)
-        config = verifier.issuers["https://id.example"]
-        assert (config.jwks_url, config.audience, config.discovery) == (
-            "https://id.example/jwks",
-            "api",
-            False,
-        )
-        del env["GATEKEEPER_JWKS_URL"]
-        assert module.verifier_from_env(env).issuers["https://id.example"].discovery is True
-        with pytest.raises(SystemExit):
-            module.verifier_from_env({"GATEKEEPER_ISSUER": "https://id.example"})
+    assert Verifier.from_env({}) is None
+    env = {
+        "GATEKEEPER_ISSUER": "https://id.example",
+        "GATEKEEPER_AUDIENCE": "api",
+        "GATEKEEPER_JWKS_URL": "https://id.example/jwks",
+    }
+    verifier = Verifier.from_env(env)
+    assert verifier is not None
+    config = verifier.issuers["https://id.example"]
+    assert (config.jwks_url, config.audience, config.discovery) == ("https://id.example/jwks", "api", False)
+    del env["GATEKEEPER_JWKS_URL"]
+    discovered = Verifier.from_env(env)
+    assert discovered is not None
+    assert discovered.issuers["https://id.example"].discovery is True
+    with pytest.raises(ValueError, match="GATEKEEPER_AUDIENCE"):
+        Verifier.from_env({"GATEKEEPER_ISSUER": "https://id.example"})
 
 
 # -- the examples as scripts -----------------------------------------------------------------------
