@@ -178,7 +178,9 @@ class GatekeeperMiddleware:
         try:
             token = self.source.extract(scope)
             if token is not None or rule.access != "optional":
-                claims = await self.verifier.verify_async(token)
+                claims = self.verifier.cached(token) if token is not None else None
+                if claims is None:
+                    claims = await self.verifier.verify_async(token)
                 if rule.scopes:
                     claims.require(*rule.scopes, mode=rule.mode)
                 if self.principal is not None:
