@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from conftest import Clock
 
 from gatekeeper import AuthError, Verifier
 from gatekeeper.cache import TokenCache
@@ -209,17 +210,9 @@ def test_threads_with_hot_and_cold_tokens_respect_the_bound() -> None:
 # -- through the verifier -------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture

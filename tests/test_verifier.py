@@ -6,24 +6,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from conftest import Clock
 
 from gatekeeper import AuthError, Issuer, Verifier, load_issuers
 from gatekeeper.devserver import IssuerServer
 from gatekeeper.issuer import DevIssuer
 from gatekeeper.jws import JWSRegistry
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
