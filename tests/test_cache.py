@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -20,6 +20,15 @@ from gatekeeper.issuer import DevIssuer
 from gatekeeper.keys import VerificationKey
 
 T0 = 1_700_000_000.0
+
+
+def run_threads(worker: Callable[[int], None], count: int) -> None:
+    """Run ``worker(n)`` for n in range(count) on that many threads, and wait for them all."""
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def key(kid: str = "k") -> VerificationKey:
@@ -197,11 +206,7 @@ def test_threads_with_hot_and_cold_tokens_respect_the_bound() -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, 8)
     assert errors == []
     assert over == []
     assert len(cache) <= 50
@@ -261,11 +266,7 @@ def test_verifier_cache_under_threads(issuer: DevIssuer, clock: Clock) -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, 8)
     assert errors == []
     assert len(v._cache) <= 20
 

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from conftest import Clock
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import ECKey, RSAKey
 
@@ -28,20 +29,6 @@ from gatekeeper.devserver import JWKS_PATH, IssuerServer
 from gatekeeper.issuer import DevIssuer
 
 OIDC_PATH = "/.well-known/openid-configuration"
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
