@@ -12,7 +12,6 @@ explicitly, as raw bytes (:func:`hmac_key`) or as a JWK / JWK Set of secrets
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -332,12 +331,3 @@ def parse_secret_jwks(document: object) -> KeySet:
     if not all(isinstance(entry, Mapping) and entry.get("kty") == "oct" for entry in entries):
         raise ValueError("a set of HMAC secrets may only contain oct keys")
     return _import_each(entries, import_secret_jwk)
-
-
-def load_jwks_json(text: str | bytes) -> KeySet:
-    """Parse JWKS JSON text; ``ValueError`` if it is not JSON or not a JWK Set."""
-    try:
-        document = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError("JWKS is not valid JSON") from exc
-    return parse_jwks(document)
