@@ -25,7 +25,7 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         from . import demo  # imported here: uvicorn is needed by the demo only
     except ImportError as exc:
-        print(f"gatekeeper demo needs {exc.name}: pip install 'gatekeeper[server]'", file=sys.stderr)
+        print(f"gatekeeper demo needs {exc.name}: pip install 'gatekeeper-jwt[server]'", file=sys.stderr)
         return 1
     try:
         if args.serve:
