@@ -1,50 +1,65 @@
-"""The ``gatekeeper`` command. One subcommand per job; each adds its parser in :func:`build_parser`."""
+"""The ``gatekeeper`` command. One subcommand per job, each registered by its own module.
+
+A module that adds subcommands exposes ``register(commands)``, taking the ``add_subparsers``
+action, and is named in :data:`COMMAND_MODULES`. Registration must stay cheap: modules import
+their heavy dependencies (uvicorn, prometheus-client, redis) inside their handlers, so
+``gatekeeper --help`` works with only the core dependencies installed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 from . import __version__
 
 Handler = Callable[[argparse.Namespace], int]
+#: What ``register`` receives: the parser's ``add_subparsers()`` action.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+#: Modules whose ``register(commands)`` adds subcommands, in the order ``--help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "gatekeeper.cli",
+    "gatekeeper.gateway.commands",
+)
 
 
-def _port(text: str) -> int:
+def port(text: str) -> int:
+    """argparse type for a TCP port (0 allowed: pick a free one)."""
     try:
-        port = int(text)
+        number = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {port}")
-    return port
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {number}")
+    return number
+
+
+_port = port  # the old private name
 
 
 def _demo(args: argparse.Namespace) -> int:
     try:
-        from . import demo  # imported here: uvicorn is needed by the demo only
+        # Imported here: uvicorn is needed by the demo only. (import_module, not ``from .
+        # import demo``: that returns the package attribute even when sys.modules says absent.)
+        demo = importlib.import_module("gatekeeper.demo")
     except ImportError as exc:
         print(f"gatekeeper demo needs {exc.name}: pip install 'gatekeeper-jwt[server]'", file=sys.stderr)
         return 1
     try:
-        if args.serve:
-            return demo.serve(sys.stdout, port=args.port)
-        return demo.run(sys.stdout, port=args.port)
+        run: Callable[..., int] = demo.serve if args.serve else demo.run
+        return run(sys.stdout, port=args.port)
     except OSError as exc:  # e.g. the --port is taken
         where = f" (port {args.port})" if args.port else ""
         print(f"gatekeeper demo: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gatekeeper",
-        description="Verify OAuth2 JWT access tokens in front of APIs.",
-    )
-    parser.add_argument("--version", action="version", version=f"gatekeeper {__version__}")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-
+def register(commands: Commands) -> None:
+    """The ``demo`` subcommand."""
     demo = commands.add_parser(
         "demo",
         help="run the middleware end to end on 127.0.0.1 and show every error profile",
@@ -60,8 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep running until Ctrl-C and print curl commands with throwaway dev tokens",
     )
-    demo.add_argument("--port", type=_port, default=0, help="port of the example API (default: a free port)")
+    demo.add_argument("--port", type=port, default=0, help="port of the example API (default: a free port)")
     demo.set_defaults(handler=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every module's subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="gatekeeper",
+        description="Verify OAuth2 JWT access tokens in front of APIs.",
+    )
+    parser.add_argument("--version", action="version", version=f"gatekeeper {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(commands)
     return parser
 
 
