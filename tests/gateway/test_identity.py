@@ -1,0 +1,159 @@
+"""Identity headers: claims -> headers with an encoding no claim can break, and the removal of
+every client copy of a header the gateway sets."""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gatekeeper.claims import Claims, normalise_scopes
+from gatekeeper.gateway.identity import HeaderSpec, IdentityHeaders, encode_value
+
+ISS = "https://issuer.example/"
+
+
+def claims(**data: Any) -> Claims:
+    data.setdefault("iss", ISS)
+    data.setdefault("exp", 2_000_000_000)
+    return Claims(data, normalise_scopes(data), issuer=ISS, kid="k1")
+
+
+def test_default_headers() -> None:
+    values = IdentityHeaders().values(claims(sub="user-1", client_id="app", scope="write read"))
+    assert values == [
+        ("X-Auth-Subject", "user-1"),
+        ("X-Auth-Client-Id", "app"),
+        ("X-Auth-Scopes", "read write"),
+        ("X-Auth-Issuer", "https://issuer.example/"),
+    ]
+
+
+def test_client_id_falls_back_to_azp_and_absent_claims_send_nothing() -> None:
+    values = dict(IdentityHeaders().values(claims(azp="spa")))
+    assert values == {"X-Auth-Client-Id": "spa", "X-Auth-Issuer": ISS}
+    assert IdentityHeaders().values(None) == []
+
+
+def test_scp_list_scopes_are_sorted_and_space_joined() -> None:
+    values = dict(IdentityHeaders().values(claims(scp=["b", "a c"], scope="z")))
+    # "a c" is one (odd) member of scp: its space is encoded, so splitting gives it back
+    assert values["X-Auth-Scopes"] == "a%20c b z"
+
+
+def test_nested_arrays_numbers_and_objects() -> None:
+    identity = IdentityHeaders.from_mapping(
+        {
+            "X-Auth-Roles": "realm_access.roles",
+            "X-Auth-Tenant": "https://example.com/tenant",
+            "X-Auth-Level": "level",
+            "X-Auth-Admin": "flags.admin",
+            "X-Auth-Org": "org",
+            "X-Auth-Empty": "empty",
+            "X-Auth-Missing": ["nothing", "nested.nothing"],
+        }
+    )
+    values = dict(
+        identity.values(
+            claims(
+                realm_access={"roles": ["a,b", "c"]},
+                **{"https://example.com/tenant": "t1"},
+                level=3,
+                flags={"admin": True},
+                org={"id": 7, "name": "Ä"},
+                empty=[],
+            )
+        )
+    )
+    assert values == {
+        "X-Auth-Roles": "a%2Cb,c",
+        "X-Auth-Tenant": "t1",
+        "X-Auth-Level": "3",
+        "X-Auth-Admin": "true",
+        "X-Auth-Org": "%7B%22id%22:7,%22name%22:%22%C3%84%22%7D".replace(",", "%2C"),
+    }
+    assert [unquote(m) for m in values["X-Auth-Roles"].split(",")] == ["a,b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("claim", "encoded"),
+    [
+        ("admin\r\nX-Auth-Subject: root", "admin%0D%0AX-Auth-Subject:%20root"),
+        ("a\x00b", "a%00b"),
+        ("a,b", "a%2Cb"),
+        ("a b", "a%20b"),
+        ("100%", "100%25"),
+        ("a+b", "a%2Bb"),
+        ('q"\\', "q%22%5C"),
+        ("café", "caf%C3%A9"),
+        ("auth0|abc@x.example", "auth0%7Cabc@x.example"),
+        ("https://issuer.example/a", "https://issuer.example/a"),
+    ],
+)
+def test_encoding(claim: str, encoded: str) -> None:
+    assert encode_value(claim) == encoded
+
+
+_HEADER_VALUE_SAFE = set(string.ascii_letters + string.digits + "-._~!$&'()*;=:@/%")
+
+
+@given(st.text())
+def test_any_string_encodes_to_one_safe_token_that_round_trips(value: str) -> None:
+    encoded = encode_value(value)
+    assert set(encoded) <= _HEADER_VALUE_SAFE
+    assert unquote(encoded, errors="surrogatepass") == value
+
+
+@given(st.lists(st.text(), min_size=1, max_size=5))
+def test_any_array_splits_back_into_its_members(members: list[str]) -> None:
+    identity = IdentityHeaders((HeaderSpec("X-Auth-Groups", ("groups",)),))
+    [(_, value)] = identity.values(claims(groups=members))
+    assert [unquote(m, errors="surrogatepass") for m in value.split(",")] == members
+
+
+def test_header_spec_validation() -> None:
+    with pytest.raises(ValueError, match="invalid header name"):
+        HeaderSpec("X-Auth Subject", ("sub",))
+    with pytest.raises(ValueError, match="names no claim"):
+        HeaderSpec("X-Auth-Subject", ())
+    with pytest.raises(ValueError, match="same name"):
+        IdentityHeaders((HeaderSpec("X-A", ("sub",)), HeaderSpec("x_a", ("azp",))))
+
+
+def test_strip_client_copies() -> None:
+    identity = IdentityHeaders()
+    headers = [
+        (b"host", b"api"),
+        (b"x-auth-subject", b"admin"),
+        (b"X-AUTH-SUBJECT", b"admin2"),
+        (b"x_auth_subject", b"admin3"),
+        (b"X_Auth_Client_Id", b"evil"),
+        (b"x-auth-role", b"superuser"),  # under the prefix, not a configured name
+        (b"x-forwarded-user", b"named-in-connection"),
+        (b"connection", b"keep-alive, X-Forwarded-User, x-auth-issuer"),
+        (b"authorization", b"Bearer t"),
+        (b"x-authority", b"kept: not under X-Auth-"),
+    ]
+    assert identity.strip_client_copies(headers) == [
+        (b"host", b"api"),
+        (b"connection", b"keep-alive, X-Forwarded-User"),
+        (b"authorization", b"Bearer t"),
+        (b"x-authority", b"kept: not under X-Auth-"),
+    ]
+
+
+def test_strip_without_prefix_keeps_other_headers_but_not_configured_names() -> None:
+    identity = IdentityHeaders.from_mapping({"X-User": "sub"}, prefix=None)
+    headers = [(b"x-auth-role", b"r"), (b"X_USER", b"evil"), (b"connection", b"x-user")]
+    assert identity.strip_client_copies(headers) == [(b"x-auth-role", b"r")]
+    assert identity.is_gatekeeper_header("x_user")
+    assert not identity.is_gatekeeper_header("x-auth-role")
+
+
+def test_raw_values_are_asgi_pairs() -> None:
+    raw = IdentityHeaders().raw_values(claims(sub="s"))
+    assert raw[0] == (b"x-auth-subject", b"s")
