@@ -68,17 +68,28 @@ class BearerSource:
 
     def extract(self, scope: Mapping[str, Any]) -> str | None:
         """The token in this request, None when there is none, or ``invalid_request``."""
-        token = _from_header(scope.get("headers", ())) if self.header else None
+        return self.find(scope.get("headers", ()), scope.get("query_string", b""))[0]
+
+    def find(
+        self, headers: Iterable[tuple[bytes, bytes]], query_string: bytes = b""
+    ) -> tuple[str | None, bytes | None]:
+        """The token in a request given as plain data, and the raw ``Authorization`` value it
+        came from (None when it came from the query or there is none); ``invalid_request``
+        when the request is malformed."""
+        raw = authorization_value(headers) if self.header else None
+        token = None if raw is None else bearer_credentials(raw)
         if self.query_params:
-            query_token = _from_query(scope.get("query_string", b""), self.query_params)
+            query_token = _from_query(query_string, self.query_params)
             if query_token is not None:
                 if token is not None:
                     raise _malformed("The token was sent in more than one way")
-                return query_token
-        return token
+                return query_token, None
+        return token, (raw if token is not None else None)
 
 
-def _from_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+def authorization_value(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The value of the request's one ``Authorization`` header, None when there is none;
+    ``invalid_request`` when there are two."""
     found: bytes | None = None
     for name, value in headers:
         # ASGI servers lower-case header names; a hand-built scope may not. The length test
@@ -87,9 +98,13 @@ def _from_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
             if found is not None:
                 raise _malformed("Only one Authorization header is allowed")
             found = value
-    if found is None:
-        return None
-    scheme, _, credentials = found.partition(b" ")
+    return found
+
+
+def bearer_credentials(value: bytes) -> str | None:
+    """The token in an ``Authorization`` value, None for another scheme (Basic, ...);
+    ``invalid_request`` when a bearer value is malformed."""
+    scheme, _, credentials = value.partition(b" ")
     if scheme.lower() != b"bearer":
         if not scheme or scheme.lower().startswith(b"bearer"):
             raise _malformed("The Authorization header is malformed")

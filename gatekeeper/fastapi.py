@@ -35,14 +35,13 @@ from starlette.responses import Response
 from .accesslog import log_rejection
 from .bearer import BearerSource
 from .claims import Claims, ScopeMode
+from .decision import PrincipalHook, resolve_principal
 from .errors import AuthError
 from .middleware import (
     SCOPE_KEY,
     GatekeeperState,
-    PrincipalHook,
     TokenAuth,
     TokenUser,
-    resolve_principal,
     to_starlette,
     verified_claims,
 )

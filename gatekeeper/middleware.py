@@ -28,14 +28,12 @@ from starlette.websockets import WebSocket
 from .accesslog import log_rejection
 from .bearer import BearerSource
 from .claims import Claims, ScopeMode
+from .decision import Deny, Gate, PrincipalHook
 from .errors import AuthError
 from .responses import ErrorProfile, ErrorResponse, ProfileSpec, get_profile
 from .rules import Rule, RuleSet
 from .verifier import Verifier
 
-#: Maps verified claims to the app's principal (a project, a member). Returning None, or
-#: raising ``AuthError("unknown_principal")``, rejects the request (Addressfinder's 1025).
-PrincipalHook = Callable[[Claims], Any]
 SCOPE_KEY = "gatekeeper"
 
 
@@ -154,6 +152,11 @@ class GatekeeperMiddleware:
         self.principal = principal
         self.prefetch_keys = prefetch_keys
         self._state = GatekeeperState(self.profile, self.source)
+        self.gate = Gate(verifier, rules=self.rules, source=self.source, principal=principal)
+        # Per-middleware constants the hot path would otherwise recompute per request.
+        self._has_rules = bool(self.rules.rules)
+        self._default = self.rules.default
+        self._fast = principal is None and self.source.header
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -163,7 +166,25 @@ class GatekeeperMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        rule = self.rules.match_scope(scope)
+        rule = self.rules.match_scope(scope) if self._has_rules else self._default
+        headers = scope.get("headers", ())
+        query = scope.get("query_string", b"")
+        if self._fast and rule.access != "exempt":
+            # The hot path: a cached token, nothing to refuse, no principal hook to run.
+            claims = self.gate.cached(rule, headers, query)
+            if claims is not None:
+                scope["auth"] = TokenAuth(claims)
+                scope["user"] = TokenUser(claims)
+                scope[SCOPE_KEY] = self._state
+                await self.app(scope, receive, send)
+                return
+        decision = await self.gate.decide_rule(rule, headers, query)
+        if isinstance(decision, Deny):
+            log_rejection(decision.error, scope, decision.token, self.source.query_params)
+            await self._deny(decision.error, scope, receive, send)
+            return
+        # The app runs outside the decision: an AuthError it raises is its own, not a rejection.
+        claims = decision.claims
         if rule.access == "exempt":
             # Not looked at, but request.user / request.auth work (anonymous) as they would
             # behind Starlette's AuthenticationMiddleware, unless something outside set them.
@@ -172,30 +193,12 @@ class GatekeeperMiddleware:
                 scope["auth"] = AuthCredentials()
             await self.app(scope, receive, send)
             return
-        token: str | None = None
-        claims: Claims | None = None
-        principal: Any = None
-        try:
-            token = self.source.extract(scope)
-            if token is not None or rule.access != "optional":
-                claims = self.verifier.cached(token) if token is not None else None
-                if claims is None:
-                    claims = await self.verifier.verify_async(token)
-                if rule.scopes:
-                    claims.require(*rule.scopes, mode=rule.mode)
-                if self.principal is not None:
-                    principal = await resolve_principal(self.principal, claims)
-        except AuthError as error:
-            log_rejection(error, scope, token, self.source.query_params)
-            await self._deny(error, scope, receive, send)
-            return
-        # The app runs outside the try: an AuthError it raises is its own, not a rejection.
         if claims is None:  # an optional route, and no token came
             scope["auth"] = AuthCredentials()
             scope["user"] = _ANONYMOUS
         else:
             scope["auth"] = TokenAuth(claims)
-            scope["user"] = TokenUser(claims, principal)
+            scope["user"] = TokenUser(claims, decision.principal)
         scope[SCOPE_KEY] = self._state
         await self.app(scope, receive, send)
 
@@ -219,24 +222,6 @@ class GatekeeperMiddleware:
             await send(message)
 
         await self.app(scope, receive_wrapper, send_wrapper)
-
-
-async def resolve_principal(hook: PrincipalHook, claims: Claims) -> Any:
-    """Run a principal hook (sync or async). None, or an ``AuthError`` the hook raises,
-    rejects the request; the error is given the token's issuer and key id for the log."""
-    try:
-        principal = hook(claims)
-        if inspect.isawaitable(principal):
-            principal = await principal
-    except AuthError as error:
-        if error.issuer is None:
-            error.issuer = claims.issuer
-        if error.kid is None:
-            error.kid = claims.kid
-        raise
-    if principal is None:
-        raise AuthError("unknown_principal", issuer=claims.issuer, kid=claims.kid)
-    return principal
 
 
 async def deny_websocket(rendered: ErrorResponse, scope: Scope, receive: Receive, send: Send) -> None:

@@ -54,8 +54,10 @@ def route_path(scope: Mapping[str, Any]) -> str:
 
 
 def _names(value: str | Sequence[str]) -> tuple[str, ...]:
-    # A bare string is a space-separated list, never a sequence of characters.
-    return tuple(value.split()) if isinstance(value, str) else tuple(value)
+    # A bare string is a space-separated list, never a sequence of characters; so is each item
+    # of a list (as ``Claims.require`` reads them), and a name given twice counts once.
+    items = (value,) if isinstance(value, str) else value
+    return tuple(dict.fromkeys(part for item in items for part in item.split()))
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class Rule:
     access: Access = "required"
     _regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
     _methods: frozenset[str] | None = field(init=False, repr=False, compare=False)
+    #: The scopes as a set, for the hot path's subset test (empty: nothing to check).
+    wanted: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.mode not in ("all", "any"):
@@ -81,6 +85,7 @@ class Rule:
         if self.access not in ("required", "optional", "exempt"):
             raise ValueError("access must be 'required', 'optional' or 'exempt'")
         object.__setattr__(self, "scopes", _names(self.scopes))
+        object.__setattr__(self, "wanted", frozenset(self.scopes))
         regex = compile_pattern(self.path)
         # A pattern without wildcards is compared as a string: cheaper than a regex match.
         literal = _TOKEN.search(self.path) is None
@@ -91,6 +96,13 @@ class Rule:
             if "GET" in methods:
                 methods.add("HEAD")
         object.__setattr__(self, "_methods", None if methods is None else frozenset(methods))
+
+    def satisfied_by(self, scopes: frozenset[str]) -> bool:
+        """Whether a token carrying ``scopes`` has what this rule requires."""
+        wanted = self.wanted
+        if not wanted:
+            return True
+        return wanted <= scopes if self.mode == "all" else not wanted.isdisjoint(scopes)
 
     def matches(self, method: str, path: str) -> bool:
         if self._methods is not None and method not in self._methods:
