@@ -6,6 +6,7 @@ from .keystore import FetchPolicy
 from .middleware import GatekeeperMiddleware, requires_scopes
 from .policy import DEFAULT_ALGORITHMS, Issuer
 from .responses import ErrorResponse, get_profile
+from .revocation import Revocation, RevocationListFull, Revocations, StoreUnavailable
 from .rules import Rule
 from .verifier import Verifier, load_issuers
 
@@ -19,7 +20,11 @@ __all__ = [
     "FetchPolicy",
     "GatekeeperMiddleware",
     "Issuer",
+    "Revocation",
+    "RevocationListFull",
+    "Revocations",
     "Rule",
+    "StoreUnavailable",
     "Verifier",
     "get_profile",
     "load_issuers",

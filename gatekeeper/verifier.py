@@ -26,6 +26,7 @@ from .jws import check_signature, loads_object, parse_compact
 from .keys import VerificationKey
 from .keystore import FetchPolicy, KeyStore
 from .policy import Issuer, check_claims, check_header_type
+from .revocation import CheckedClaims, Revocation, Revocations, enforce, revocation_request
 
 Clock = Callable[[], float]
 
@@ -79,6 +80,7 @@ class Verifier:
         clock: Clock = time.time,
         http_client: httpx.Client | None = None,
         async_http_client: httpx.AsyncClient | None = None,
+        revocations: Revocations | None = None,
         **issuer_options: Any,
     ) -> None:
         configs = list(issuers)
@@ -104,6 +106,8 @@ class Verifier:
         self._rejected_lock = threading.Lock()
         self._sync = SyncFetcher(clock, http_client)
         self._async = AsyncFetcher(clock, async_http_client)
+        # Consulted on every verification, cache hits included; may be shared by verifiers.
+        self._revocations = revocations if revocations is not None else Revocations(clock=clock)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **options: Any) -> Verifier | None:
@@ -140,6 +144,11 @@ class Verifier:
         if isinstance(token, str):
             claims = self._cache.get(token, self._clock())
             if claims is not None:
+                revocations = self._revocations
+                # The claims remember the list generation they were last checked at: with an
+                # unchanged list (of any size) a hit costs this one comparison.
+                if revocations.active and claims.checked_at != revocations.generation:  # type: ignore[attr-defined]
+                    enforce(revocations, claims)
                 return claims
             self._check_rejected(token)
         flow = self._flow(token)
@@ -167,6 +176,11 @@ class Verifier:
         if isinstance(token, str):
             claims = self._cache.get(token, self._clock())
             if claims is not None:
+                revocations = self._revocations
+                # The claims remember the list generation they were last checked at: with an
+                # unchanged list (of any size) a hit costs this one comparison.
+                if revocations.active and claims.checked_at != revocations.generation:  # type: ignore[attr-defined]
+                    enforce(revocations, claims)
                 return claims
             self._check_rejected(token)
         flow = self._flow(token)
@@ -188,7 +202,13 @@ class Verifier:
     def cached(self, token: str) -> Claims | None:
         """The claims of a token verified before and still valid, verifying nothing: the hot
         path of :meth:`verify_async` as a plain call, with no coroutine to create and run."""
-        return self._cache.get(token, self._clock())
+        claims = self._cache.get(token, self._clock())
+        if claims is not None and self._revocations.active:
+            try:
+                enforce(self._revocations, claims)
+            except AuthError:
+                return None  # revoked (or the list is unavailable): verify_async says which
+        return claims
 
     async def prefetch(self) -> None:
         """Fetch every remote issuer's keys now (at app startup), without raising on failure."""
@@ -211,6 +231,37 @@ class Verifier:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+    # -- revocation --------------------------------------------------------------------------
+
+    @property
+    def revocations(self) -> Revocations:
+        """The revocation list this verifier consults (see :mod:`gatekeeper.revocation`)."""
+        return self._revocations
+
+    def revoke(self, **request: Any) -> Revocation:
+        """Revoke one token (``jti=..., issuer=...``, optionally ``expires_at=`` its ``exp``),
+        or every token of a subject (``sub=...``) or client (``client_id=...``) issued before
+        ``before`` (default now), optionally of one ``issuer`` only. Returns the entry.
+
+        With a shared store (Redis) the entry is written there first: raises
+        :class:`~gatekeeper.revocation.StoreUnavailable` when it cannot be, and
+        :class:`~gatekeeper.revocation.RevocationListFull` when the list is full.
+        """
+        entry = revocation_request(self.issuers, self._clock(), **request)
+        self._revocations.submit(entry)
+        return entry
+
+    async def revoke_async(self, **request: Any) -> Revocation:
+        """:meth:`revoke` for async code (a store write is awaited, not blocking the loop)."""
+        entry = revocation_request(self.issuers, self._clock(), **request)
+        await self._revocations.submit_async(entry)
+        return entry
+
+    def unrevoke(self, **request: Any) -> bool:
+        """Undo a revocation named as for :meth:`revoke`; False if there was none."""
+        entry = revocation_request(self.issuers, self._clock(), **request)
+        return self._revocations.withdraw(entry)
 
     async def aclose(self) -> None:
         """Close the HTTP clients the verifier opened itself."""
@@ -294,13 +345,16 @@ class Verifier:
         if key is None:
             raise AuthError("invalid_token", "The token signature is invalid", issuer=config.issuer, kid=kid)
 
-        claims = Claims(
+        claims = CheckedClaims(
             payload, normalise_scopes(payload, config.scope_claims), issuer=config.issuer, kid=key.kid
         )
         # An entry must not outlive the key set it was checked against: past the set's
         # freshness the token goes through the flow again, which refetches the keys (and so
         # learns of removals). Static key sets are fresh forever: the entry lives until exp.
         self._cache.put(token, claims, min(exp, max(store.fresh_until, now + 1.0)), key)
+        # After caching: a revoked token presented again costs a cache hit and a list
+        # lookup, not a signature check.
+        enforce(self._revocations, claims)
         return claims
 
 
