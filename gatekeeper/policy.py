@@ -20,6 +20,11 @@ DEFAULT_ALGORITHMS: Final[tuple[str, ...]] = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 )  # fmt: skip
 _ACCESS_TOKEN_TYPES: Final = frozenset({"at+jwt", "application/at+jwt"})
+#: The range of a NumericDate that can be a real time: 0001-01-01T00:00:00Z to
+#: 9999-12-31T23:59:59Z, what ``datetime`` (and most other languages' date types) can hold. Beyond
+#: it a date is not "valid for ever" but malformed, and code that converts it would crash.
+MIN_NUMERIC_DATE: Final = -62_135_596_800
+MAX_NUMERIC_DATE: Final = 253_402_300_799
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,13 @@ class Issuer:
     ``audience`` is required unless ``verify_audience=False`` says otherwise. ``typ="at+jwt"``
     requires RFC 9068 access tokens. ``leeway`` (seconds) applies to ``exp``, ``nbf`` and
     ``iat``. ``exp`` is always required, whatever ``required_claims`` says.
+
+    ``max_lifetime`` (seconds, like Envoy's): refuse a token whose ``exp - iat`` exceeds it, or,
+    without ``iat``, whose ``exp - now`` exceeds it (plus ``leeway``). None, the default, sets no
+    limit beyond the year-9999 bound on every date: lifetimes are the issuer's choice and differ
+    widely (Okta and Entra ID at most a day, Auth0 up to 30 days, Keycloak anything), so a
+    guessed default would reject every token of a correctly configured issuer. Set it to what
+    your issuer actually issues.
     """
 
     issuer: str
@@ -50,6 +62,7 @@ class Issuer:
     max_token_bytes: int = 8192
     scope_claims: Sequence[str] = DEFAULT_SCOPE_CLAIMS
     verify_audience: bool = True
+    max_lifetime: float | None = None
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
 
     def __post_init__(self) -> None:
@@ -67,6 +80,8 @@ class Issuer:
             raise ValueError("leeway must be between 0 and 300 seconds")
         if self.typ is not None and self.typ.lower() not in _ACCESS_TOKEN_TYPES:
             raise ValueError("typ can only require 'at+jwt' (RFC 9068)")
+        if self.max_lifetime is not None and not 0 < self.max_lifetime < math.inf:
+            raise ValueError("max_lifetime must be a positive number of seconds (or None)")
         if self.max_token_bytes < 256:
             raise ValueError("max_token_bytes is too small for any real token")
         algs = self.allowed_algorithms
@@ -159,6 +174,8 @@ def _number(payload: Mapping[str, Any], name: str) -> float | None:
         number = math.inf
     if not math.isfinite(number):
         raise AuthError("invalid_token", f"The {name} claim must be a number")
+    if not MIN_NUMERIC_DATE <= number <= MAX_NUMERIC_DATE:
+        raise AuthError("invalid_token", f"The {name} claim is not a real date")
     return number
 
 
@@ -185,12 +202,22 @@ def check_claims(payload: Mapping[str, Any], issuer: Issuer, now: float) -> floa
     iat = _number(payload, "iat")
     if iat is not None and now + leeway < iat:
         raise AuthError("invalid_token", "The token was issued in the future", issuer=issuer.issuer)
+    if iat is not None and issuer.max_lifetime is not None:
+        if exp - iat > issuer.max_lifetime:
+            raise AuthError("invalid_token", "The token lifetime exceeds max_lifetime", issuer=issuer.issuer)
+    elif issuer.max_lifetime is not None and exp - now > issuer.max_lifetime + leeway:
+        raise AuthError("invalid_token", "The token lifetime exceeds max_lifetime", issuer=issuer.issuer)
+    aud = payload.get("aud")
+    # RFC 7519 4.1.3: a string or an array of strings. Anything else (a number, null, an object,
+    # an array holding one) is malformed, even when some member matches: parsers disagree on
+    # such values, and a token that says what it is for must say it plainly.
+    if aud is not None and not (
+        isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))
+    ):
+        raise AuthError("invalid_token", "The token audience claim is malformed", issuer=issuer.issuer)
     if issuer.verify_audience:
-        aud = payload.get("aud")
-        # A string or an array of strings (RFC 7519 4.1.3); members of other types (which may
-        # not even be hashable) never match.
-        values = (aud,) if isinstance(aud, str) else aud if isinstance(aud, list) else ()
-        if not any(isinstance(a, str) and a in issuer.audiences for a in values):
+        values = (aud,) if isinstance(aud, str) else aud or ()
+        if issuer.audiences.isdisjoint(values):
             raise AuthError("invalid_token", "The token is not for this audience", issuer=issuer.issuer)
     sub = payload.get("sub")
     if sub is not None and not isinstance(sub, str):

@@ -25,7 +25,7 @@ from .fetch import AsyncFetcher, SyncFetcher
 from .jws import check_signature, loads_object, parse_compact
 from .keys import VerificationKey
 from .keystore import FetchPolicy, KeyStore
-from .policy import Issuer, check_claims, check_header_type
+from .policy import MAX_NUMERIC_DATE, Issuer, check_claims, check_header_type
 from .revocation import CheckedClaims, Revocation, Revocations, enforce, revocation_request
 
 Clock = Callable[[], float]
@@ -341,6 +341,16 @@ class Verifier:
             raise _Transient(
                 "invalid_token", "The token signing key is unknown", issuer=config.issuer, kid=kid
             )
+        if len(candidates) > 1:
+            # No kid selects a key (a kid-less token, or a kid that names nothing here while
+            # several kid-less keys fit): trying each would turn one bad token into N signature
+            # checks and make the answer depend on key order.
+            raise AuthError(
+                "invalid_token",
+                "The token signing key is ambiguous: no kid and several keys fit its algorithm",
+                issuer=config.issuer,
+                kid=kid,
+            )
         key = _first_verifying(jws, candidates)
         if key is None:
             raise AuthError("invalid_token", "The token signature is invalid", issuer=config.issuer, kid=kid)
@@ -362,7 +372,9 @@ def _dated_in_future(payload: Mapping[str, Any], now: float) -> bool:
     """Whether ``nbf`` or ``iat`` lies ahead: a rejection for that may not hold later."""
     for name in ("nbf", "iat"):
         value = payload.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > now:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if now < value <= MAX_NUMERIC_DATE:  # past year 9999 it is malformed for good, not early
             return True
     return False
 
