@@ -1,16 +1,51 @@
 """The streaming reverse proxy: decide each request with the gate, then forward it upstream.
 
-Settings are plain frozen dataclasses (``config.py`` builds them from TOML). The app itself is
-:class:`ReverseProxy`, an ASGI app: ``ReverseProxy(gate, profile, settings, identity, reporter)``.
+Settings are plain frozen dataclasses (``config.py`` builds them from TOML). The app is
+:class:`ReverseProxy`, ``ReverseProxy(gate, profile, settings, identity, reporter)``:
+
+1. The path is normalised once (:func:`gatekeeper.gateway.paths.normalise_path`); what cannot
+   be normalised unambiguously is refused with 400. The rules and the upstream see that path.
+2. :meth:`gatekeeper.decision.Gate.decide` decides; a denial is the error profile's response.
+3. The allowed request goes to its upstream through one ``httpx.AsyncClient`` with a bounded
+   pool. Bodies stream both ways, chunk by chunk, never buffered whole; each response chunk is
+   sent on as it arrives, so server-sent events reach the client event by event.
+4. Headers: hop-by-hop ones are removed both ways (:mod:`.hop`); every client copy of an
+   identity header is removed on *every* route (exempt and optional ones too) before the
+   verified values are added; ``Authorization`` is removed unless configured; configured token
+   query parameters are removed from the upstream URL; ``X-Forwarded-*`` and ``Host`` as
+   configured.
+5. Failures that are not the client's are small JSON bodies, not the auth profile: 502 when
+   the upstream cannot be reached (refused, DNS, broken response), 504 on a timeout, 503 when
+   ``max_in_flight`` exchanges are already running. The upstream's own responses (a 401
+   included) pass through untouched; they are the upstream's answer, not a gatekeeper denial.
+6. A body over ``max_request_body`` is refused with **413 in the error profile's shape**: the
+   profile renders ``invalid_request`` ("The request body is too large") and the status becomes
+   413 (any ``WWW-Authenticate`` challenge is dropped: it is not an authentication failure).
+   A path the normaliser refuses is rendered the same way with status 400.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
+from urllib.parse import unquote_plus, urlsplit
 
-from ..responses import ErrorProfile
-from .record import Reporter
+import anyio
+import httpx
+
+from ..accesslog import printable
+from ..decision import Allow, Deny, Gate
+from ..errors import AuthError
+from ..redact import fingerprint, redact_query
+from ..responses import ErrorProfile, ErrorResponse
+from ..rules import compile_pattern
+from .hop import Headers, strip_hop_by_hop
+from .identity import IdentityHeaders
+from .paths import PathRejected, normalise_path
+from .record import Reporter, RequestRecord
 
 HostMode = Literal["rewrite", "forward"]
 ForwardedMode = Literal["set", "append", "off"]
@@ -77,18 +112,85 @@ class ProxySettings:
     websockets: bool = True
 
 
+Send = Callable[[dict[str, Any]], Any]
+Receive = Callable[[], Any]
+
+_JSON: Final = (b"content-type", b"application/json")
+_NO_STORE: Final = (b"cache-control", b"no-store")
+# Never sent on by the proxy itself: it sets Host and X-Forwarded-* as configured, and httpx
+# speaks its own Expect/100-continue (it does not: a client's Expect is answered by the server).
+_ALWAYS_DROPPED: Final = frozenset({b"host", b"expect"})
+_FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+# Response bodies up to this size (by Content-Length) are relayed without a disconnect
+# watcher: they are done in a few writes, and the watcher is a task per request.
+_SMALL_BODY: Final = 256 * 1024
+
+
+class BodyTooLarge(Exception):
+    """The request body grew past ``max_request_body`` while it streamed."""
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request body was still streaming."""
+
+
+class UpstreamAborted(Exception):
+    """The upstream failed after the response started; the client connection is aborted so
+    a cut-off body is never mistaken for a complete one (Go's ``http.ErrAbortHandler``)."""
+
+
+def failure_body(error: str, description: str) -> bytes:
+    """A gateway failure (not an auth denial) as a small JSON body."""
+    return json.dumps({"error": error, "error_description": description}).encode()
+
+
+def strip_query_params(query: bytes, names: frozenset[str]) -> bytes:
+    """The query string without the named parameters (matched as ``parse_qsl`` decodes them,
+    so ``bearer%5Ftoken`` is ``bearer_token``); the other parameters are kept byte for byte."""
+    if not query or not names:
+        return query
+    kept = [
+        part
+        for part in query.split(b"&")
+        if unquote_plus(part.split(b"=", 1)[0].decode("latin-1")) not in names
+    ]
+    return b"&".join(kept)
+
+
+class _Upstream:
+    """An upstream with what is derived from its settings once."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        parts = urlsplit(settings.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"upstream url must be http(s)://host[:port][/path]: {settings.url!r}")
+        if parts.query or parts.fragment:
+            raise ValueError(f"upstream url cannot carry a query or fragment: {settings.url!r}")
+        self.settings = settings
+        self.url = httpx.URL(settings.url)
+        self.base_path = parts.path.rstrip("/").encode("ascii")
+        self.netloc = parts.netloc.encode("ascii")
+        self.ws_url = ("wss" if parts.scheme == "https" else "ws") + "://" + parts.netloc
+        self.timeout = httpx.Timeout(
+            connect=settings.connect_timeout,
+            read=settings.read_timeout,
+            write=settings.write_timeout,
+            pool=settings.connect_timeout,
+        )
+
+
 class ReverseProxy:
     """ASGI app: decide each request with ``gate``; deny in ``profile``'s shape; forward the
     allowed ones to their upstream, streaming both ways, with ``identity`` headers set from the
     verified claims; one :class:`~gatekeeper.gateway.record.RequestRecord` per request goes to
-    ``reporter``."""
+    ``reporter``. Call :meth:`aclose` (or run its lifespan) to close the upstream client."""
 
     def __init__(
         self,
-        gate: Any,
+        gate: Gate,
         profile: ErrorProfile,
         settings: ProxySettings,
-        identity: Any,
+        identity: IdentityHeaders,
         reporter: Reporter,
     ) -> None:
         self.gate = gate
@@ -96,3 +198,372 @@ class ReverseProxy:
         self.settings = settings
         self.identity = identity
         self.reporter = reporter
+        self._default = _Upstream(settings.upstream) if settings.upstream is not None else None
+        self._routes = [(compile_pattern(route.path), _Upstream(route.upstream)) for route in settings.routes]
+        self._token_params = frozenset(gate.source.query_params)
+        self._in_flight = 0
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=settings.pool_size, max_keepalive_connections=settings.pool_size
+            ),
+            follow_redirects=False,  # a redirect is the upstream's answer to the client
+            trust_env=False,  # no proxy or netrc from the environment between us and upstream
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """Upstream exchanges running now."""
+        return self._in_flight
+
+    async def aclose(self) -> None:
+        """Close the upstream connection pool."""
+        await self.client.aclose()
+
+    def upstream_for(self, path: str) -> _Upstream | None:
+        """The upstream for a normalised path: the first matching route's, else the default."""
+        for pattern, upstream in self._routes:
+            if pattern.fullmatch(path):
+                return upstream
+        return self._default
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            from .wsproxy import proxy_websocket  # websockets is imported only when used
+
+            await proxy_websocket(self, scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- the request ------------------------------------------------------------------------
+
+    async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]
+        record = RequestRecord("proxy", method, self.logged_path(scope), 0, "error", 0.0, 0.0)
+        try:
+            await self._handle(scope, receive, send, record, started)
+        finally:
+            record.latency = time.perf_counter() - started
+            self.reporter(record)
+
+    def logged_path(self, scope: dict[str, Any], path: str | None = None) -> str:
+        """The request's path for the record: token parameters redacted, printable."""
+        path = path if path is not None else scope.get("path", "")
+        query = redact_query(scope.get("query_string", b""), self._token_params)
+        return printable(f"{path}?{query}" if query else path)
+
+    async def _handle(
+        self,
+        scope: dict[str, Any],
+        receive: Receive,
+        send: Send,
+        record: RequestRecord,
+        started: float,
+    ) -> None:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        try:
+            path = normalise_path(raw_path)
+        except PathRejected as rejected:
+            record.error_kind = "bad_path"
+            await self._render(send, record, AuthError("invalid_request", rejected.reason), 400)
+            return
+        record.path = self.logged_path(scope, path)
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        query: bytes = scope.get("query_string", b"")
+        result = await self.gate.decide(scope["method"], path, headers, query)
+        record.decision_latency = time.perf_counter() - started
+        record.rule = result.rule.path
+        if result.token is not None:
+            record.token = fingerprint(result.token)
+        if isinstance(result, Deny):
+            record.decision = "deny"
+            record.error_kind = result.error.kind
+            record.issuer = result.error.issuer
+            rendered = self.profile.render(result.error)
+            record.status = rendered.status
+            await send_rendered(send, rendered)
+            return
+        self._fill_identity(record, result)
+        upstream = self.upstream_for(path)
+        if upstream is None:
+            await self._fail(send, record, 404, "no_upstream", "No upstream serves this path")
+            return
+        limit = self.settings.max_request_body
+        length = content_length(headers)
+        if length == -1:
+            record.error_kind = "bad_request"
+            await self._render(send, record, AuthError("invalid_request", "Bad Content-Length"), 400)
+            return
+        if limit is not None and length is not None and length > limit:
+            await self._too_large(send, record)
+            return
+        if self._in_flight >= self.settings.max_in_flight:
+            await self._fail(send, record, 503, "upstream_busy", "Too many requests in flight", retry=True)
+            return
+        self._in_flight += 1
+        try:
+            await self._forward(scope, receive, send, record, result, upstream, path, length)
+        finally:
+            self._in_flight -= 1
+
+    def _fill_identity(self, record: RequestRecord, allow: Allow) -> None:
+        record.decision = "allow"
+        record.cached = allow.cached if allow.claims is not None else None
+        claims = allow.claims
+        if claims is not None:
+            record.issuer = claims.issuer
+            record.subject = claims.subject
+            client_id = claims.get("client_id", claims.get("azp"))
+            record.client_id = client_id if isinstance(client_id, str) else None
+
+    def upstream_headers(self, scope: dict[str, Any], allow: Allow, upstream: _Upstream) -> Headers:
+        """The headers the upstream gets: hop-by-hop and client identity copies removed first,
+        then Host, X-Forwarded-* and the verified identity added."""
+        settings = upstream.settings
+        headers = strip_hop_by_hop(self.identity.strip_client_copies(scope["headers"]))
+        client_host: bytes | None = None
+        prior_for: list[bytes] = []
+        prior_proto: bytes | None = None
+        prior_host: bytes | None = None
+        out: Headers = []
+        for name, value in headers:
+            if name in _ALWAYS_DROPPED:
+                if name == b"host":
+                    client_host = value
+                continue
+            if name in _FORWARDED:
+                if name == b"x-forwarded-for":
+                    prior_for.append(value)
+                elif name == b"x-forwarded-proto":
+                    prior_proto = value
+                elif name == b"x-forwarded-host":
+                    prior_host = value
+                elif settings.x_forwarded == "append":
+                    out.append((name, value))  # RFC 7239 Forwarded: left to the trusted proxy
+                continue
+            if name == b"authorization" and not settings.forward_authorization:
+                continue
+            out.append((name, value))
+        out.append((b"host", client_host if settings.host == "forward" and client_host else upstream.netloc))
+        if settings.x_forwarded != "off":
+            client = scope.get("client")
+            peer = str(client[0]).encode("latin-1") if client else b"unknown"
+            if settings.x_forwarded == "append" and prior_for:
+                peer = b", ".join([*prior_for, peer])
+            scheme = str(scope.get("scheme", "http")).encode("latin-1")
+            if settings.x_forwarded == "append" and prior_proto is not None:
+                scheme = prior_proto
+            forwarded_host = client_host
+            if settings.x_forwarded == "append" and prior_host is not None:
+                forwarded_host = prior_host
+            out.append((b"x-forwarded-for", peer))
+            out.append((b"x-forwarded-proto", scheme))
+            if forwarded_host is not None:
+                out.append((b"x-forwarded-host", forwarded_host))
+        if allow.claims is not None:
+            out.extend(self.identity.raw_values(allow.claims))
+        return out
+
+    def upstream_target(self, upstream: _Upstream, path: str, query: bytes) -> bytes:
+        """Base path + normalised path + the query without token parameters."""
+        query = strip_query_params(query, self._token_params)
+        target = upstream.base_path + path.encode("ascii")
+        return target + b"?" + query if query else target
+
+    async def _forward(
+        self,
+        scope: dict[str, Any],
+        receive: Receive,
+        send: Send,
+        record: RequestRecord,
+        allow: Allow,
+        upstream: _Upstream,
+        path: str,
+        length: int | None,
+    ) -> None:
+        headers = self.upstream_headers(scope, allow, upstream)
+        target = self.upstream_target(upstream, path, scope.get("query_string", b""))
+        has_body = (length is not None and length > 0) or any(
+            name == b"transfer-encoding" for name, _ in scope["headers"]
+        )
+        content = self._request_body(receive, self.settings.max_request_body) if has_body else None
+        request = self.client.build_request(
+            scope["method"],
+            upstream.url.copy_with(raw_path=target),
+            headers=headers,
+            content=content,
+            timeout=upstream.timeout,
+        )
+        total = upstream.settings.total_timeout
+        deadline = anyio.current_time() + total if total is not None else float("inf")
+        sent = time.perf_counter()
+        try:
+            with _deadline(deadline):
+                response = await self.client.send(request, stream=True)
+        except BodyTooLarge:
+            await self._too_large(send, record)
+            return
+        except ClientGone:
+            record.error_kind = "client_gone"
+            record.status = 499  # nginx's code for "client closed request"; nothing is sent
+            return
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            if isinstance(exc, httpx.PoolTimeout):
+                await self._fail(
+                    send, record, 503, "upstream_busy", "No upstream connection free", retry=True
+                )
+            else:
+                await self._fail(send, record, 504, "upstream_timeout", "The upstream service timed out")
+            return
+        except httpx.TransportError:
+            await self._fail(
+                send, record, 502, "upstream_unreachable", "The upstream service could not be reached"
+            )
+            return
+        record.upstream_latency = time.perf_counter() - sent
+        record.upstream_status = record.status = response.status_code
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": strip_hop_by_hop(response.headers.raw),
+                }
+            )
+            size = content_length(response.headers.raw)
+            with _deadline(deadline):
+                if size is not None and 0 <= size <= _SMALL_BODY:
+                    await _relay(response, send)
+                else:
+                    await _relay_watching(response, receive, send)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            record.error_kind = "upstream_aborted"
+            raise UpstreamAborted(f"upstream failed mid-response: {type(exc).__name__}") from None
+        finally:
+            await response.aclose()
+
+    @staticmethod
+    async def _request_body(receive: Receive, limit: int | None) -> AsyncIterator[bytes]:
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk: bytes = message.get("body", b"")
+            received += len(chunk)
+            if limit is not None and received > limit:
+                raise BodyTooLarge
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+    # -- answers that are not the upstream's ------------------------------------------------
+
+    async def _render(self, send: Send, record: RequestRecord, error: AuthError, status: int) -> None:
+        """The profile's rendering of ``error`` with ``status`` (400, 413): the client's fault,
+        in the shape it expects, without an authentication challenge."""
+        rendered = self.profile.render(error)
+        headers = tuple((k, v) for k, v in rendered.headers if k != "www-authenticate")
+        record.status = status
+        record.decision = "error"
+        await send_rendered(send, ErrorResponse(status, headers, rendered.body))
+
+    async def _too_large(self, send: Send, record: RequestRecord) -> None:
+        record.error_kind = "body_too_large"
+        await self._render(send, record, AuthError("invalid_request", "The request body is too large"), 413)
+
+    @staticmethod
+    async def _fail(
+        send: Send, record: RequestRecord, status: int, error: str, description: str, *, retry: bool = False
+    ) -> None:
+        record.status = status
+        record.decision = "error"
+        record.error_kind = error
+        headers = [_JSON, _NO_STORE]
+        if retry:
+            headers.append((b"retry-after", b"1"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": failure_body(error, description)})
+
+
+class _deadline:
+    """``anyio.fail_after`` at an absolute deadline (``inf``: no bound)."""
+
+    __slots__ = ("_scope", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self._scope: anyio.CancelScope | None = None
+
+    def __enter__(self) -> None:
+        if self.deadline != float("inf"):
+            self._scope = anyio.CancelScope(deadline=self.deadline)
+            self._scope.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool:
+        if self._scope is None:
+            return False
+        suppressed = bool(self._scope.__exit__(*exc))
+        if self._scope.cancelled_caught:
+            raise TimeoutError
+        return suppressed
+
+
+def content_length(headers: Any) -> int | None:
+    """The Content-Length value; None when absent, -1 when malformed or repeated differently."""
+    found: int | None = None
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            if not value.strip().isdigit():
+                return -1
+            number = int(value)
+            if found is not None and found != number:
+                return -1
+            found = number
+    return found
+
+
+async def send_rendered(send: Send, rendered: ErrorResponse) -> None:
+    """Send an error profile's rendering as the response."""
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in rendered.headers]
+    headers.append((b"content-length", str(len(rendered.body)).encode()))
+    await send({"type": "http.response.start", "status": rendered.status, "headers": headers})
+    await send({"type": "http.response.body", "body": rendered.body})
+
+
+async def _relay(response: httpx.Response, send: Send) -> None:
+    # aiter_raw: the bytes as the upstream encoded them (gzip stays gzip), each chunk sent on
+    # as soon as it arrives, which is what delivers server-sent events one by one.
+    async for chunk in response.aiter_raw():
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _relay_watching(response: httpx.Response, receive: Receive, send: Send) -> None:
+    """:func:`_relay`, stopped when the client disconnects (a server's ``send`` after a
+    disconnect is silently dropped, so without this a gone client's 1 GiB download, or an
+    endless event stream, would still be pulled from the upstream)."""
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass  # the rest of a request body the upstream did not read
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        await _relay(response, send)
+        group.cancel_scope.cancel()

@@ -1,0 +1,537 @@
+"""The reverse proxy over real HTTP: client -> gatekeeper proxy (uvicorn) -> upstream (uvicorn),
+all on 127.0.0.1, with tokens verified against a real JWKS server.
+
+Covers the decision (allow, deny in the profile's shape), identity-header stripping on every
+route, hop-by-hop headers both ways, the token kept from the upstream (query parameter,
+Authorization), X-Forwarded-*, Host, path normalisation, per-route upstreams, the upstream's own
+401, upstream failures (502, 504), limits (413, 503) and the per-request records.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import pytest
+from upstream import ServerThread, Upstream, free_port
+
+from gatekeeper.bearer import BearerSource
+from gatekeeper.decision import Gate
+from gatekeeper.devserver import IssuerServer
+from gatekeeper.gateway.identity import IdentityHeaders
+from gatekeeper.gateway.proxy import ProxySettings, ReverseProxy, UpstreamRoute, UpstreamSettings
+from gatekeeper.gateway.record import RequestRecord
+from gatekeeper.issuer import DevIssuer
+from gatekeeper.redact import fingerprint
+from gatekeeper.responses import get_profile
+from gatekeeper.rules import Rule, RuleSet
+from gatekeeper.verifier import Verifier
+
+NOW = 1_700_000_000.0
+RULES = RuleSet(
+    (
+        Rule("/open/**", access="exempt"),
+        Rule("/maybe/**", access="optional"),
+        Rule("/admin/**", scopes=("admin",)),
+    )
+)
+
+
+def clock() -> float:
+    return NOW
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[IssuerServer]:
+    server = IssuerServer()
+    server.issuer = DevIssuer(server.url, algorithms=("ES256",), clock=clock)
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    with Upstream() as up:
+        yield up
+
+
+@pytest.fixture
+def token(issuer: IssuerServer) -> str:
+    return issuer.issuer.mint({"sub": "alice", "client_id": "app-1", "aud": "api"}, scope="read")
+
+
+class Proxy:
+    """A running ReverseProxy; ``records`` are what it reported."""
+
+    def __init__(self, server: ServerThread, app: ReverseProxy, records: list[RequestRecord]) -> None:
+        self.server = server
+        self.app = app
+        self.url = server.url
+        self.port = server.port
+        self.records = records
+
+    def wait_records(self, n: int = 1) -> list[RequestRecord]:
+        """The records, once ``n`` are there (a record is reported after the response is sent)."""
+        deadline = time.monotonic() + 5
+        while len(self.records) < n and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.records
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=10, **kwargs)
+
+    def raw(self, request: bytes) -> bytes:
+        """Send a hand-written request, return the whole response (the proxy closes after it)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(request)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+MakeProxy = Callable[..., Proxy]
+
+
+@pytest.fixture
+def make_proxy(issuer: IssuerServer, upstream: Upstream) -> Iterator[MakeProxy]:
+    started: list[ServerThread] = []
+
+    def make(
+        *,
+        profile: str = "rfc6750",
+        upstream_url: str | None = None,
+        query_param: str | None = "bearer_token",
+        http: str = "h11",
+        **settings: Any,
+    ) -> Proxy:
+        verifier = Verifier(issuer.url, jwks_url=issuer.jwks_url, audience="api", clock=clock)
+        gate = Gate(verifier, rules=RULES, source=BearerSource.of(query_param))
+        upstream_fields = {k: settings.pop(k) for k in list(settings) if k in UpstreamSettings.__slots__}
+        default = UpstreamSettings(upstream_url or upstream.url, **upstream_fields)
+        records: list[RequestRecord] = []
+        app = ReverseProxy(
+            gate,
+            get_profile(profile),
+            ProxySettings(upstream=default, **settings),
+            IdentityHeaders(),
+            records.append,
+        )
+        server = ServerThread(app, http=http).start()
+        started.append(server)
+        return Proxy(server, app, records)
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def seen_headers(response: httpx.Response) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in response.json()["headers"]:
+        out.setdefault(name, []).append(value)
+    return out
+
+
+# -- the decision ---------------------------------------------------------------------------
+
+
+def test_allowed_request_reaches_upstream_with_identity(make_proxy: MakeProxy, token: str) -> None:
+    proxy = make_proxy()
+    response = proxy.get("/items/1?x=1", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["path"] == "/items/1"
+    assert body["query"] == "x=1"
+    headers = seen_headers(response)
+    assert headers["x-auth-subject"] == ["alice"]
+    assert headers["x-auth-client-id"] == ["app-1"]
+    assert headers["x-auth-scopes"] == ["read"]
+    (record,) = proxy.wait_records()
+    assert (record.door, record.decision, record.status, record.upstream_status) == (
+        "proxy",
+        "allow",
+        200,
+        200,
+    )
+    assert record.subject == "alice"
+    assert record.client_id == "app-1"
+    assert record.token == fingerprint(token)
+    assert record.rule == "/**"
+    assert record.upstream_latency is not None
+    assert record.upstream_latency <= record.latency
+
+
+@pytest.mark.parametrize("profile", ["rfc6750", "addressfinder", "placewise"])
+def test_denial_is_the_profile_response_and_never_reaches_upstream(
+    make_proxy: MakeProxy, upstream: Upstream, profile: str
+) -> None:
+    proxy = make_proxy(profile=profile)
+    before = len(upstream.seen)
+    response = proxy.get("/items/1", headers={"Authorization": "Bearer not-a-jwt"})
+    rendered = get_profile(profile).render(_error("invalid_token"))
+    assert response.status_code == rendered.status
+    assert (
+        response.json()["error" if profile != "addressfinder" else "error_code"]
+        == json.loads(rendered.body)["error" if profile != "addressfinder" else "error_code"]
+    )
+    assert len(upstream.seen) == before
+    (record,) = proxy.wait_records()
+    assert (record.decision, record.error_kind, record.upstream_status) == ("deny", "invalid_token", None)
+
+
+def _error(kind: Any) -> Any:
+    from gatekeeper.errors import AuthError
+
+    return AuthError(kind)
+
+
+def test_missing_scope_is_denied(make_proxy: MakeProxy, token: str) -> None:
+    proxy = make_proxy()
+    response = proxy.get("/admin/x", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 403
+    assert response.json()["error"] == "insufficient_scope"
+
+
+def test_upstream_401_passes_through_untouched_and_is_not_a_denial(make_proxy: MakeProxy, token: str) -> None:
+    proxy = make_proxy()
+    response = proxy.get("/status?code=401", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="upstream"'
+    assert response.json() == {"upstream": 401}
+    (record,) = proxy.wait_records()
+    assert (record.decision, record.error_kind, record.status, record.upstream_status) == (
+        "allow",
+        None,
+        401,
+        401,
+    )
+
+
+# -- identity headers: client copies never reach the upstream, on any route -----------------
+
+FORGED = [
+    ("X-Auth-Subject", "admin"),
+    ("x-auth-subject", "admin2"),
+    ("X_Auth_Subject", "admin3"),
+    ("X-AUTH-CLIENT-ID", "evil"),
+    ("X-Auth-Anything", "under-the-prefix"),
+    ("X-Auth-Scopes", "admin"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "with_token"),
+    [("/open/x", False), ("/maybe/x", False), ("/maybe/x", True), ("/items/x", True), ("/open/x", True)],
+)
+def test_client_identity_headers_are_stripped_on_every_route(
+    make_proxy: MakeProxy, token: str, path: str, with_token: bool
+) -> None:
+    proxy = make_proxy()
+    headers = httpx.Headers(FORGED)
+    if with_token:
+        headers["Authorization"] = f"Bearer {token}"
+    response = proxy.get(path, headers=headers)
+    assert response.status_code == 200
+    seen = seen_headers(response)
+    forged_names = {
+        "x-auth-subject",
+        "x_auth_subject",
+        "x-auth-client-id",
+        "x-auth-anything",
+        "x-auth-scopes",
+    }
+    verified = with_token and path != "/open/x"  # an exempt route is not looked at
+    for name in forged_names:
+        for value in seen.get(name, []):
+            assert value not in {"admin", "admin2", "admin3", "evil", "under-the-prefix"}, (name, value)
+    if verified:
+        assert seen["x-auth-subject"] == ["alice"]
+    else:
+        assert not forged_names & set(seen)
+
+
+def test_connection_naming_an_identity_header_cannot_remove_the_verified_one(
+    make_proxy: MakeProxy, token: str
+) -> None:
+    proxy = make_proxy()
+    response = proxy.get(
+        "/items/x",
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Connection": "keep-alive, X-Auth-Subject, X_Auth_Client_Id",
+            "X-Auth-Subject": "admin",
+        },
+    )
+    seen = seen_headers(response)
+    assert seen["x-auth-subject"] == ["alice"]
+    assert seen["x-auth-client-id"] == ["app-1"]
+    assert "connection" not in seen or "x-auth" not in seen["connection"][0].lower()
+
+
+# -- hop-by-hop headers --------------------------------------------------------------------
+
+
+def test_hop_by_hop_request_headers_are_removed(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy()
+    response = proxy.get(
+        "/open/echo",
+        headers={
+            "Connection": "keep-alive, X-Client-Hop",
+            "X-Client-Hop": "1",
+            "Keep-Alive": "timeout=5",
+            "TE": "trailers",
+            "Trailer": "X-Checksum",
+            "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+            "Proxy-Connection": "keep-alive",
+            "X-End-To-End": "kept",
+        },
+    )
+    seen = seen_headers(response)
+    for name in ("x-client-hop", "keep-alive", "te", "trailer", "proxy-authorization", "proxy-connection"):
+        assert name not in seen, name
+    assert seen["x-end-to-end"] == ["kept"]
+
+
+def test_hop_by_hop_response_headers_are_removed(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy()
+    response = proxy.get("/open/hop")
+    assert response.status_code == 200
+    for name in ("x-upstream-hop", "keep-alive", "proxy-authenticate", "upgrade"):
+        assert name not in response.headers, name
+    assert "x-upstream-hop" not in response.headers.get("connection", "").lower()
+    assert response.headers["x-end-to-end"] == "1"
+
+
+# -- the token goes no further than it must --------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bearer_token", "bearer%5Ftoken"])
+def test_query_token_is_removed_from_the_upstream_url(make_proxy: MakeProxy, token: str, name: str) -> None:
+    proxy = make_proxy()
+    response = proxy.get(f"/items/1?a=1&{name}={token}&b=%20two")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["query"] == "a=1&b=%20two"
+    assert token not in json.dumps(body)
+    assert seen_headers(response)["x-auth-subject"] == ["alice"]
+    assert token not in proxy.wait_records()[0].path
+    assert "[redacted]" in proxy.wait_records()[0].path
+
+
+def test_authorization_is_removed_by_default(make_proxy: MakeProxy, token: str) -> None:
+    response = make_proxy().get("/items/1", headers={"Authorization": f"Bearer {token}"})
+    assert "authorization" not in seen_headers(response)
+
+
+def test_authorization_is_forwarded_when_configured(make_proxy: MakeProxy, token: str) -> None:
+    proxy = make_proxy(forward_authorization=True)
+    response = proxy.get("/items/1", headers={"Authorization": f"Bearer {token}"})
+    assert seen_headers(response)["authorization"] == [f"Bearer {token}"]
+
+
+# -- X-Forwarded-* and Host ----------------------------------------------------------------
+
+
+def test_x_forwarded_set_replaces_client_values(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy()
+    response = proxy.get(
+        "/open/x",
+        headers={
+            "X-Forwarded-For": "6.6.6.6",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "evil",
+            "Forwarded": "for=6.6.6.6",
+        },
+    )
+    seen = seen_headers(response)
+    assert seen["x-forwarded-for"] == ["127.0.0.1"]
+    assert seen["x-forwarded-proto"] == ["http"]
+    assert seen["x-forwarded-host"] == [f"127.0.0.1:{proxy.port}"]
+    assert "forwarded" not in seen
+
+
+def test_x_forwarded_append_keeps_the_chain(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy(x_forwarded="append")
+    response = proxy.get(
+        "/open/x",
+        headers={
+            "X-Forwarded-For": "203.0.113.9",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "api.example",
+        },
+    )
+    seen = seen_headers(response)
+    assert seen["x-forwarded-for"] == ["203.0.113.9, 127.0.0.1"]
+    assert seen["x-forwarded-proto"] == ["https"]
+    assert seen["x-forwarded-host"] == ["api.example"]
+
+
+def test_x_forwarded_append_without_prior_values_sets_them(make_proxy: MakeProxy) -> None:
+    seen = seen_headers(make_proxy(x_forwarded="append").get("/open/x"))
+    assert seen["x-forwarded-for"] == ["127.0.0.1"]
+    assert seen["x-forwarded-proto"] == ["http"]
+
+
+def test_x_forwarded_off_removes_them(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy(x_forwarded="off")
+    seen = seen_headers(proxy.get("/open/x", headers={"X-Forwarded-For": "6.6.6.6"}))
+    assert not {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"} & set(seen)
+
+
+def test_host_is_rewritten_by_default(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    seen = seen_headers(make_proxy().get("/open/x", headers={"Host": "api.example"}))
+    assert seen["host"] == [f"127.0.0.1:{upstream.port}"]
+
+
+def test_host_is_forwarded_when_configured(make_proxy: MakeProxy) -> None:
+    seen = seen_headers(make_proxy(host="forward").get("/open/x", headers={"Host": "api.example"}))
+    assert seen["host"] == ["api.example"]
+
+
+# -- paths -------------------------------------------------------------------------------------
+
+
+def test_upstream_gets_the_normalised_path(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy()
+    response = proxy.raw(
+        b"GET /open//a/./b/../c/%7Efile%C3%A9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert json.loads(body)["path"] == "/open/a/c/~file%C3%A9"
+
+
+@pytest.mark.parametrize("path", [b"/open/..%2Fadmin", b"/open/%2e%2e/admin", b"/open/a%00b", b"/open/%252e"])
+def test_ambiguous_paths_are_refused_with_400(make_proxy: MakeProxy, upstream: Upstream, path: bytes) -> None:
+    proxy = make_proxy()
+    before = len(upstream.seen)
+    response = proxy.raw(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 400")
+    assert b"www-authenticate" not in response.lower()
+    assert b'"error":"invalid_request"' in response
+    assert len(upstream.seen) == before
+    assert proxy.wait_records()[0].error_kind == "bad_path"
+
+
+def test_dot_segments_cannot_escape_an_exempt_prefix(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    # /open/../admin/x is /admin/x: the admin rule (token with scope) applies, not /open's.
+    proxy = make_proxy()
+    response = proxy.raw(b"GET /open/../admin/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 401")
+    assert proxy.wait_records()[0].rule == "/admin/**"
+
+
+def test_routes_pick_their_upstream_and_base_path(make_proxy: MakeProxy, issuer: IssuerServer) -> None:
+    with Upstream() as other:
+        proxy = make_proxy(routes=(UpstreamRoute("/open/svc/**", UpstreamSettings(other.url + "/base/")),))
+        response = proxy.get("/open/svc/x?q=1")
+        assert response.json()["path"] == "/base/open/svc/x"
+        assert len(other.seen) == 1
+        assert proxy.get("/open/elsewhere").json()["path"] == "/open/elsewhere"
+        assert len(other.seen) == 1
+
+
+# -- upstream failures -----------------------------------------------------------------------
+
+
+def test_refused_connection_is_502(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy(upstream_url=f"http://127.0.0.1:{free_port()}")
+    response = proxy.get("/open/x")
+    assert response.status_code == 502
+    assert response.json()["error"] == "upstream_unreachable"
+    assert proxy.wait_records()[0].decision == "error"
+
+
+def test_dns_failure_is_502(make_proxy: MakeProxy) -> None:
+    response = make_proxy(upstream_url="http://gatekeeper-test-upstream.invalid").get("/open/x")
+    assert response.status_code == 502
+    assert response.json()["error"] == "upstream_unreachable"
+
+
+def test_read_timeout_is_504(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy(read_timeout=0.2)
+    response = proxy.get("/open/slow?delay=3")
+    assert response.status_code == 504
+    assert response.json()["error"] == "upstream_timeout"
+    assert proxy.wait_records()[0].error_kind == "upstream_timeout"
+
+
+def test_total_timeout_is_504(make_proxy: MakeProxy) -> None:
+    response = make_proxy(total_timeout=0.2).get("/open/slow?delay=3")
+    assert response.status_code == 504
+
+
+def test_upstream_failure_mid_body_aborts_the_client_connection(make_proxy: MakeProxy) -> None:
+    # A cut-off body must not look complete: the client sees a broken response, not a short one.
+    proxy = make_proxy(total_timeout=0.5)
+    with pytest.raises(httpx.HTTPError):
+        proxy.get("/open/sse?n=5&interval=0.3")
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", ["rfc6750", "addressfinder"])
+def test_content_length_over_the_limit_is_413_in_the_profile_shape(
+    make_proxy: MakeProxy, upstream: Upstream, profile: str
+) -> None:
+    proxy = make_proxy(profile=profile, max_request_body=1000)
+    before = len(upstream.seen)
+    response = httpx.post(proxy.url + "/open/up", content=b"x" * 1001, timeout=10)
+    assert response.status_code == 413
+    rendered = get_profile(profile).render(_error("invalid_request"))
+    assert set(response.json()) == set(json.loads(rendered.body))
+    assert "www-authenticate" not in response.headers
+    assert len(upstream.seen) == before
+    assert proxy.wait_records()[0].error_kind == "body_too_large"
+
+
+def test_chunked_body_over_the_limit_is_413(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy(max_request_body=100_000)
+
+    def body() -> Iterator[bytes]:
+        for _ in range(20):
+            yield b"x" * 10_000
+
+    response = httpx.post(proxy.url + "/open/up", content=body(), timeout=10)
+    assert response.status_code == 413
+
+
+def test_body_at_the_limit_passes(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy(max_request_body=1000)
+    response = httpx.post(proxy.url + "/open/up", content=b"x" * 1000, timeout=10)
+    assert response.status_code == 200
+    assert response.json()["body_bytes"] == 1000
+
+
+def test_max_in_flight_is_503(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy(max_in_flight=1)
+    slow: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: slow.append(proxy.get("/open/slow?delay=1")))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while proxy.app.in_flight < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    response = proxy.get("/open/x")
+    thread.join()
+    assert response.status_code == 503
+    assert response.json()["error"] == "upstream_busy"
+    assert response.headers["retry-after"] == "1"
+    assert slow[0].status_code == 200
+    proxy.wait_records(2)  # both reported: the slow one has released its slot
+    assert proxy.app.in_flight == 0
+    assert proxy.get("/open/x").status_code == 200
+
+
+def test_settings_are_plain_frozen_dataclasses() -> None:
+    settings = UpstreamSettings("http://127.0.0.1:1")
+    assert replace(settings, host="forward").host == "forward"
+    with pytest.raises(AttributeError):
+        settings.host = "forward"  # type: ignore[misc]
