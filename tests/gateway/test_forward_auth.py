@@ -1,0 +1,327 @@
+"""The forward-auth decision endpoint over real HTTP (uvicorn on 127.0.0.1, httpx client):
+original method and URI from each proxy's headers, rules on the original path, allow with
+identity headers, deny in the profile's shape, nginx's 401/403 + render protocol, bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Clock
+from upstream import ServerThread
+
+from gatekeeper.bearer import BearerSource
+from gatekeeper.decision import Gate
+from gatekeeper.gateway.forward_auth import ForwardAuth, ForwardAuthSettings
+from gatekeeper.gateway.identity import IdentityHeaders
+from gatekeeper.gateway.record import RequestRecord
+from gatekeeper.issuer import DevIssuer
+from gatekeeper.redact import fingerprint
+from gatekeeper.responses import get_profile
+from gatekeeper.rules import Rule, RuleSet
+from gatekeeper.verifier import Verifier
+
+RULES = RuleSet.build(
+    [
+        Rule("/admin/**", scopes="admin"),
+        Rule("/open/**", access="optional"),
+        Rule("/items/{id}", methods="DELETE", scopes="items:delete"),
+    ],
+    exempt=["/public/**"],
+)
+
+Serve = Callable[..., Any]
+
+
+class Endpoint:
+    def __init__(self, server: ServerThread, records: list[RequestRecord]) -> None:
+        self.server = server
+        self.records = records
+        self.client = httpx.Client(base_url=server.url, timeout=10)
+
+    def ask(
+        self,
+        uri: str | None,
+        method: str | None = "GET",
+        token: str | None = None,
+        *,
+        path: str = "/auth",
+        names: tuple[str, str] = ("X-Original-Method", "X-Original-URI"),
+        extra: list[tuple[str, str]] | None = None,
+        verb: str = "GET",
+    ) -> httpx.Response:
+        headers: list[tuple[str, str]] = []
+        if method is not None:
+            headers.append((names[0], method))
+        if uri is not None:
+            headers.append((names[1], uri))
+        if token is not None:
+            headers.append(("Authorization", f"Bearer {token}"))
+        headers.extend(extra or [])
+        return self.client.request(verb, path, headers=headers)
+
+
+@pytest.fixture
+def verifier(dev_issuer: DevIssuer, clock: Clock) -> Verifier:
+    return Verifier(dev_issuer.issuer, jwks=dev_issuer.jwks(), audience="api", clock=clock)
+
+
+@pytest.fixture
+def serve(verifier: Verifier, clock: Clock) -> Iterator[Serve]:
+    started: list[Endpoint] = []
+
+    def make(proxy: str = "nginx", profile: str = "rfc6750", **settings: Any) -> Endpoint:
+        records: list[RequestRecord] = []
+        gate = Gate(verifier, rules=RULES, source=BearerSource.of("bearer_token"))
+        app = ForwardAuth(
+            gate,
+            get_profile(profile),
+            ForwardAuthSettings(proxy=proxy, **settings),  # type: ignore[arg-type]
+            IdentityHeaders(),
+            records.append,
+            clock=clock,
+        )
+        endpoint = Endpoint(ServerThread(app).start(), records)
+        started.append(endpoint)
+        return endpoint
+
+    yield make
+    for endpoint in started:
+        endpoint.client.close()
+        endpoint.server.stop()
+
+
+# -- allow --------------------------------------------------------------------------------------
+
+
+def test_allow_answers_200_with_identity_headers_and_the_upstream_uri(
+    serve: Serve, dev_issuer: DevIssuer
+) -> None:
+    fa = serve()
+    token = dev_issuer.mint(subject="alice", scope="read admin", claims={"client_id": "app-1"})
+    response = fa.ask(f"/admin/./x//y?a=1&bearer_token={token}&b=%20", token=None)
+    assert response.status_code == 200
+    assert response.content == b""
+    assert response.headers["x-auth-subject"] == "alice"
+    assert response.headers["x-auth-client-id"] == "app-1"
+    assert response.headers["x-auth-scopes"] == "admin read"
+    assert response.headers["x-auth-issuer"] == dev_issuer.issuer
+    assert response.headers["cache-control"] == "no-store"
+    # the upstream is to see the path the rules saw, without the query token
+    assert response.headers["x-gatekeeper-uri"] == "/admin/x/y?a=1&b=%20"
+    [record] = fa.records
+    assert (record.decision, record.status, record.rule, record.subject) == (
+        "allow",
+        200,
+        "/admin/**",
+        "alice",
+    )
+    assert record.token == fingerprint(token)
+    assert token not in repr(record)
+    assert record.path == "/admin/x/y?a=1&bearer_token=[redacted]&b=%20"
+
+
+def test_exempt_route_allows_without_a_token_and_sends_no_identity(serve: Serve) -> None:
+    response = serve().ask("/public/x", extra=[("X-Auth-Subject", "admin")])
+    assert response.status_code == 200
+    assert "x-auth-subject" not in response.headers
+
+
+def test_rules_apply_to_the_original_method(serve: Serve, dev_issuer: DevIssuer) -> None:
+    fa = serve()
+    token = dev_issuer.mint(scope="read")
+    assert fa.ask("/items/7", "GET", token).status_code == 200
+    denied = fa.ask("/items/7", "DELETE", token)
+    assert denied.status_code == 403
+    assert denied.headers["x-gatekeeper-status"] == "403"
+    # the auth request's own method does not count in nginx mode
+    assert fa.ask("/items/7", "GET", token, verb="DELETE").status_code == 200
+
+
+def test_decision_caching_is_opt_in_and_bounded_by_exp(serve: Serve, dev_issuer: DevIssuer) -> None:
+    fa = serve(decision_cache_seconds=600)
+    token = dev_issuer.mint(expires_in=120)
+    assert fa.ask("/x", token=token).headers["cache-control"] == "private, max-age=120"
+    assert fa.ask("/x").headers["cache-control"] == "no-store"  # refusals never cached
+    assert fa.ask("/open/x").headers["cache-control"] == "no-store"  # anonymous optional
+
+
+# -- deny ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proxy", ["traefik", "caddy"])
+def test_deny_is_the_profiles_exact_response(serve: Serve, dev_issuer: DevIssuer, proxy: str) -> None:
+    names = ("X-Forwarded-Method", "X-Forwarded-Uri")
+    rfc = serve(proxy)
+    missing = rfc.ask("/x", names=names)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == 'Bearer realm="api"'
+    assert missing.headers["cache-control"] == "no-store"
+    scope = rfc.ask("/admin/x", token=dev_issuer.mint(scope="read"), names=names)
+    assert scope.status_code == 403
+    assert scope.json() == {
+        "error": "insufficient_scope",
+        "error_description": "The access token lacks the required scope",
+        "scope": "admin",
+    }
+    assert 'error="insufficient_scope"' in scope.headers["www-authenticate"]
+
+    af = serve(proxy, "addressfinder").ask("/x", token="not.a.token", names=names)
+    assert af.status_code == 400
+    assert af.json()["error_code"] == "1024"
+    pw = serve(proxy, "placewise").ask("/x", token=dev_issuer.mint(expires_in=-3600), names=names)
+    assert pw.status_code == 460
+    assert pw.json() == {"error": "Member not authorized"}
+
+
+def test_nginx_mode_answers_401_or_403_and_render_gives_the_real_response(
+    serve: Serve, dev_issuer: DevIssuer
+) -> None:
+    fa = serve("nginx", "placewise")
+    expired = dev_issuer.mint(expires_in=-3600)
+    first = fa.ask("/x", token=expired)
+    assert first.status_code == 401  # auth_request passes 401/403 only
+    assert first.headers["x-gatekeeper-status"] == "460"
+    assert first.content == b""
+    rendered = fa.ask("/x", token=expired, path="/auth/render")
+    assert rendered.status_code == 460
+    assert rendered.json() == {"error": "Member not authorized"}
+    assert rendered.headers["cache-control"] == "no-store"
+    # the question was reported once, with the status the client ends up with
+    assert [(r.decision, r.status, r.error_kind) for r in fa.records] == [("deny", 460, "expired_token")]
+
+
+def test_render_never_answers_2xx(serve: Serve, dev_issuer: DevIssuer) -> None:
+    # The decision changed between the two calls (keys came back): ask the client to retry.
+    response = serve().ask("/x", token=dev_issuer.mint(), path="/auth/render")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+BYPASS_SHAPES = [
+    "/admin%2Fx",
+    "/public/..%2Fadmin",
+    "/public/%2e%2e/admin",
+    "/public/%2E%2E/admin",
+    "/public/..%5Cadmin",
+    "/public\\..\\admin",
+    "/admin%00",
+    "/admin;x",
+    "/public/%252e%252e/admin",
+    "/../admin",
+    "admin",
+    "/public/x#frag",
+    "/admin%ff",
+]
+
+
+@pytest.mark.parametrize("uri", BYPASS_SHAPES)
+def test_ambiguous_paths_are_400_in_the_profiles_shape(serve: Serve, uri: str) -> None:
+    fa = serve("traefik")
+    response = fa.ask(uri, names=("X-Forwarded-Method", "X-Forwarded-Uri"))
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "invalid_request"
+    assert body["error_description"].startswith("The request path is ambiguous: ")
+    assert 'error="invalid_request"' in response.headers["www-authenticate"]
+    [record] = fa.records
+    assert (record.decision, record.error_kind, record.status) == ("error", "bad_path", 400)
+
+
+@pytest.mark.parametrize(
+    "uri", ["/admin/../admin/x", "//admin", "/%61dmin", "/admin/./x", "/public/../admin"]
+)
+def test_normalised_bypass_shapes_land_on_the_admin_rule(
+    serve: Serve, dev_issuer: DevIssuer, uri: str
+) -> None:
+    fa = serve("caddy")
+    response = fa.ask(
+        uri, token=dev_issuer.mint(scope="read"), names=("X-Forwarded-Method", "X-Forwarded-Uri")
+    )
+    assert response.status_code == 403
+    assert response.json()["scope"] == "admin"
+
+
+def test_nginx_mode_bad_path_goes_through_render(serve: Serve) -> None:
+    fa = serve("nginx", "addressfinder")
+    first = fa.ask("/public/..%2Fadmin")
+    assert first.status_code == 401
+    assert first.headers["x-gatekeeper-status"] == "400"
+    rendered = fa.ask("/public/..%2Fadmin", path="/auth/render")
+    assert rendered.status_code == 400
+    assert rendered.json()["error_code"] == "1024"
+
+
+def test_missing_original_headers_are_a_clear_400(serve: Serve) -> None:
+    fa = serve("traefik")
+    response = fa.ask(None, names=("X-Forwarded-Method", "X-Forwarded-Uri"))
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "missing_original_uri",
+        "error_description": "The X-Forwarded-Uri header is missing: "
+        "configure the proxy to send it (traefik mode)",
+    }
+    no_method = fa.ask("/x", None, names=("X-Forwarded-Method", "X-Forwarded-Uri"))
+    assert no_method.json()["error"] == "missing_original_method"
+    # only the configured proxy's headers are trusted: nginx's are ignored in traefik mode
+    assert fa.ask("/x").json()["error"] == "missing_original_uri"
+
+
+def test_repeated_or_odd_original_headers_are_refused(serve: Serve) -> None:
+    fa = serve("traefik")
+    names = ("X-Forwarded-Method", "X-Forwarded-Uri")
+    repeated = fa.ask("/public/x", names=names, extra=[("X-Forwarded-Uri", "/admin")])
+    assert repeated.status_code == 400
+    assert "repeated" in repeated.json()["error_description"]
+    assert fa.ask("/public/x", "get", names=names).status_code == 400
+    assert fa.ask("/public/x", "GET /x", names=names).status_code == 400
+
+
+def test_other_paths_are_404(serve: Serve) -> None:
+    fa = serve("traefik")
+    assert fa.ask("/x", path="/other").status_code == 404
+    assert fa.ask("/x", path="/auth/render").status_code == 404  # render is nginx's only
+
+
+# -- envoy and ingress-nginx ----------------------------------------------------------------------
+
+
+def test_envoy_mode_uses_the_path_after_the_prefix_and_its_own_method(
+    serve: Serve, dev_issuer: DevIssuer
+) -> None:
+    fa = serve("envoy", path="/ext-authz")
+    token = dev_issuer.mint(scope="read")
+    assert fa.ask(None, None, token, path="/ext-authz/admin/x").status_code == 403
+    assert fa.ask(None, None, token, path="/ext-authz/items/1", verb="DELETE").status_code == 403
+    assert fa.ask(None, None, token, path="/ext-authz/items/1", verb="POST").status_code == 200
+    query = fa.ask(None, None, None, path=f"/ext-authz/x?bearer_token={token}")
+    assert query.status_code == 200
+    assert query.headers["x-gatekeeper-uri"] == "/x"
+    assert fa.ask(None, None, None, path="/ext-authz").status_code == 401  # the root, "/"
+    bad = fa.ask(None, None, token, path="/ext-authz/public/..%2Fadmin")
+    assert bad.status_code == 400
+
+
+def test_ingress_nginx_mode_reads_the_absolute_original_url(serve: Serve, dev_issuer: DevIssuer) -> None:
+    fa = serve("ingress-nginx")
+    names = ("X-Original-Method", "X-Original-URL")
+    token = dev_issuer.mint(scope="read")
+    assert fa.ask("https://api.example/admin/x", token=token, names=names).status_code == 403
+    allowed = fa.ask("http://api.example:8080/x?y=1", token=token, names=names)
+    assert allowed.status_code == 200
+    assert allowed.headers["x-gatekeeper-uri"] == "/x?y=1"
+    assert fa.ask("/x", token=token, names=names).headers["x-gatekeeper-status"] == "400"
+
+
+def test_settings_validation() -> None:
+    with pytest.raises(ValueError, match="normal absolute path"):
+        ForwardAuthSettings(path="auth")
+    with pytest.raises(ValueError, match="proxy must be one of"):
+        ForwardAuthSettings(proxy="haproxy")  # type: ignore[arg-type]
+    assert ForwardAuthSettings(path="/gk/").render_path == "/gk/render"
+    assert json.dumps(ForwardAuthSettings().path) == '"/auth"'
