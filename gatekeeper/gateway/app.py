@@ -1,0 +1,233 @@
+"""Assembly: from a :class:`GatewayConfig` to the main listener's app and the ops app.
+
+One :class:`~gatekeeper.verifier.Verifier`, one :class:`~gatekeeper.decision.Gate`, one error
+profile and one reporter serve both front doors: the forward-auth decision endpoint at its
+configured path, and the reverse proxy for everything else when an upstream is configured. The
+ops app (health, readiness, metrics) shares the verifier but is served on its own listener.
+
+A background task started with the main app keeps keys fetched (so ``/readyz`` turns ready
+without waiting for a request) and mirrors the key stores' counters into the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.routing import BaseRoute
+
+from ..decision import Gate
+from ..verifier import Verifier
+from .access_log import AccessLog
+from .config import GatewayConfig
+from .metrics import GatewayMetrics
+from .ops import Check, ops_app
+from .record import Reporter, RequestRecord
+
+logger = logging.getLogger("gatekeeper.gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: Builds a front door: ``factory(gate, profile, settings, identity, reporter) -> ASGI app``.
+DoorFactory = Callable[..., ASGIApp]
+
+#: While an issuer has no usable keys, how often the keeper tries (each store's own
+#: retry_interval still limits the fetches); once all are ready, how often it looks again.
+KEEP_INTERVAL_NOT_READY = 0.5
+KEEP_INTERVAL_READY = 5.0
+
+
+def build_verifier(config: GatewayConfig, **options: Any) -> Verifier:
+    """The verifier for ``config``'s issuers (``options`` go to :class:`Verifier`: a clock,
+    http clients)."""
+    options.setdefault("cache_size", config.server.cache_size)
+    options.setdefault("rejection_ttl", config.server.rejection_ttl)
+    if config.revocation is not None and hasattr(config.revocation, "verifier_options"):
+        # The revocation settings say what the verifier needs (a shared Revocations object).
+        options.update(config.revocation.verifier_options())
+    return Verifier(issuers=config.issuers, **options)
+
+
+def key_stores(verifier: Verifier) -> Mapping[str, Any]:
+    """Issuer -> key store (``Verifier.key_stores()``; before it exists, the same by hand)."""
+    method = getattr(verifier, "key_stores", None)
+    if method is not None:
+        stores: Mapping[str, Any] = method()
+        return stores
+    return {name: trusted.store for name, trusted in verifier._issuers.items()}
+
+
+def _optional(module: str, name: str) -> Any:
+    try:
+        return getattr(importlib.import_module(f"gatekeeper.gateway.{module}"), name)
+    except ModuleNotFoundError as exc:
+        if exc.name != f"gatekeeper.gateway.{module}":
+            raise
+        return None
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = b'{"error":"not_found"}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 404,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class Gateway:
+    """The assembled gateway of one process: ``main`` and ``ops`` are its two ASGI apps."""
+
+    config: GatewayConfig
+    verifier: Verifier
+    gate: Gate
+    metrics: GatewayMetrics | None
+    access_log: AccessLog | None
+    forward_auth: ASGIApp | None
+    forward_auth_path: str | None
+    proxy: ASGIApp | None
+    ops: ASGIApp
+    _keeper: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def report(self, record: RequestRecord) -> None:
+        """The reporter both doors get: metrics, then the access log. Never raises."""
+        try:
+            if self.metrics is not None:
+                self.metrics.observe(record)
+            if self.access_log is not None:
+                self.access_log(record)
+        except Exception:  # a reporting bug must not fail the request it reports
+            logger.exception("reporting a request failed")
+
+    def mirror(self) -> None:
+        """Copy the key stores' counters and key counts into the metrics."""
+        if self.metrics is not None:
+            self.metrics.mirror(key_stores(self.verifier), time.time())
+
+    def ready(self) -> bool:
+        """Every issuer has usable keys."""
+        return all(entry.get("usable") for entry in self.verifier.status())
+
+    async def _keep(self) -> None:
+        while True:
+            try:
+                await self.verifier.prefetch()
+            except Exception as exc:  # the store records it; readyz shows it
+                logger.debug("key prefetch failed: %s", exc)
+            self.mirror()
+            await asyncio.sleep(KEEP_INTERVAL_READY if self.ready() else KEEP_INTERVAL_NOT_READY)
+
+    async def startup(self) -> None:
+        """Start fetching keys (in the background: ``/readyz`` says when they are there)."""
+        if self._keeper is None:
+            self._keeper = asyncio.get_running_loop().create_task(self._keep())
+
+    async def shutdown(self) -> None:
+        """Stop the keeper, close the doors' clients and the verifier's."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+            self._keeper = None
+        for door in (self.proxy, self.forward_auth):
+            close = getattr(door, "aclose", None)
+            if close is not None:
+                await close()
+        await self.verifier.aclose()
+        if self.access_log is not None:
+            self.access_log.close()
+
+    async def main(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The main listener's app: lifespan, then forward-auth at its path, else the proxy."""
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        path: str = scope.get("path", "")
+        fa_path = self.forward_auth_path
+        if (
+            self.forward_auth is not None
+            and fa_path is not None
+            and (path == fa_path or path.startswith(fa_path.rstrip("/") + "/"))
+        ):
+            await self.forward_auth(scope, receive, send)
+        elif self.proxy is not None:
+            await self.proxy(scope, receive, send)
+        else:
+            await _not_found(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def build_gateway(
+    config: GatewayConfig,
+    *,
+    verifier: Verifier | None = None,
+    forward_auth: DoorFactory | None = None,
+    proxy: DoorFactory | None = None,
+    access_log: AccessLog | bool | None = True,
+    checks: Mapping[str, Check] | None = None,
+    ops_routes: Sequence[BaseRoute] = (),
+) -> Gateway:
+    """Assemble the gateway for ``config``.
+
+    ``forward_auth``/``proxy`` replace the front doors' classes (default: ``ForwardAuth`` and
+    ``ReverseProxy``); ``access_log=True`` opens the configured log, an :class:`AccessLog`
+    replaces it, None/False turns it off. ``checks`` and ``ops_routes`` extend the ops app.
+    """
+    verifier = verifier or build_verifier(config)
+    gate = Gate(verifier, rules=config.rules, source=config.source)
+    metrics = GatewayMetrics() if config.metrics.enabled else None
+    log = AccessLog.open(config.logging.access_log) if access_log is True else access_log or None
+    gateway = Gateway(config, verifier, gate, metrics, log, None, None, None, _not_found)
+    reporter: Reporter = gateway.report
+
+    fa_factory = forward_auth or _optional("forward_auth", "ForwardAuth")
+    if fa_factory is not None and config.forward_auth is not None:
+        gateway.forward_auth = fa_factory(
+            gate, config.profile, config.forward_auth, config.identity, reporter
+        )
+        gateway.forward_auth_path = str(getattr(config.forward_auth, "path", "/auth"))
+    proxy_factory = proxy or _optional("proxy", "ReverseProxy")
+    if proxy_factory is not None and config.proxy is not None:
+        gateway.proxy = proxy_factory(gate, config.profile, config.proxy, config.identity, reporter)
+
+    extra = dict(checks or {})
+    revocation = config.revocation
+    if revocation is not None:
+        # The revocation settings may contribute a readiness check and the admin routes.
+        if hasattr(revocation, "ops_checks"):
+            extra.update(revocation.ops_checks())
+        if hasattr(revocation, "ops_routes"):
+            ops_routes = (*ops_routes, *revocation.ops_routes(verifier))
+    gateway.ops = ops_app(verifier, metrics, checks=extra, routes=ops_routes, before_metrics=gateway.mirror)
+    return gateway
