@@ -233,7 +233,7 @@ def _fetch_policy(table: Table) -> FetchPolicy:
     sub = table.table("fetch")
     kwargs = read_fields(sub, FetchPolicy)
     sub.finish()
-    policy: FetchPolicy = sub.build(None, lambda: FetchPolicy(**kwargs))
+    policy: FetchPolicy = sub.build(None, lambda: FetchPolicy(**kwargs), fields=kwargs)
     return policy
 
 
@@ -273,7 +273,7 @@ def _issuer(table: Table, base: Path) -> Issuer:
         kwargs[name] = None if value is None else tuple(value)
     kwargs["fetch"] = _fetch_policy(table)
     table.finish()
-    issuer: Issuer = table.build(None, lambda: Issuer(**kwargs))
+    issuer: Issuer = table.build(None, lambda: Issuer(**kwargs), fields=kwargs)
     if not issuer.jwks_url and not issuer.discovery:
         table.build(None, issuer.key_store)  # a static key source that cannot load fails now
     return issuer

@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -326,13 +327,20 @@ class Table:
         self.resolved[key] = shown
         return subs
 
-    def build(self, key: str | None, factory: Callable[[], T]) -> T:
+    def build(self, key: str | None, factory: Callable[[], T], *, fields: Iterable[str] = ()) -> T:
         """Call ``factory`` (a dataclass constructor, say), turning its ``ValueError`` or
-        ``TypeError`` into a :class:`ConfigError` at ``key`` (None: this table)."""
+        ``TypeError`` into a :class:`ConfigError` at ``key`` (None: this table, or the first of
+        ``fields`` that the message names, so ``leeway must be ...`` lands on ``.leeway``)."""
         try:
             return factory()
         except (ValueError, TypeError) as exc:
-            raise self.error(key, str(exc)) from None
+            message = str(exc)
+            if key is None:
+                words = set(re.findall(r"[A-Za-z_]+", message))
+                named = [name for name in fields if name in words]
+                # Of the fields the message names, blame one the file set, if any.
+                key = next((n for n in named if n in self.data), named[0] if named else None)
+            raise self.error(key, message) from None
 
 
 def check_url(table: Table, key: str, value: str, schemes: tuple[str, ...]) -> None:
