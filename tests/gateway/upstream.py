@@ -9,7 +9,8 @@
 - ``/download?size=N&chunk=C``: N bytes (``b"x"``), streamed in chunks of C, with Content-Length;
   ``&chunked=1`` without it (chunked transfer coding).
 - ``/sse?n=N&interval=S``: N server-sent events S seconds apart, each carrying its send time
-  (``time.monotonic()``, comparable across threads and processes on the same machine).
+  (``time.monotonic()``, comparable across threads and processes on the same machine); it stops
+  when the reader goes away and records ``{"sse_sent": k, "sse_reader_gone": ...}`` in ``seen``.
 - ``/status?code=C``: status C with ``WWW-Authenticate: Bearer realm="upstream"`` and a body
   ``{"upstream": C}`` (the upstream's own 401 must pass through the proxy untouched).
 - ``/slow?delay=S``: answers after S seconds (for timeouts).
@@ -83,7 +84,7 @@ class UpstreamApp:
                 send, int(params["size"]), int(params.get("chunk", 65536)), "chunked" in params
             )
         elif path == "/sse":
-            await self._sse(send, int(params.get("n", 5)), float(params.get("interval", 0.2)))
+            await self._sse(receive, send, int(params.get("n", 5)), float(params.get("interval", 0.2)))
         elif path == "/status":
             code = int(params["code"])
             headers = [
@@ -158,15 +159,30 @@ class UpstreamApp:
             left -= len(piece)
             await send({"type": "http.response.body", "body": piece, "more_body": left > 0})
 
-    @staticmethod
-    async def _sse(send: Any, n: int, interval: float) -> None:
+    async def _sse(self, receive: Any, send: Any, n: int, interval: float) -> None:
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        sent = 0
         for i in range(n):
             if i:
-                await asyncio.sleep(interval)
+                try:
+                    await asyncio.wait_for(gone.wait(), interval)
+                    break  # the reader went away
+                except TimeoutError:
+                    pass
             event = f"id: {i}\ndata: {json.dumps({'i': i, 'sent': time.monotonic()})}\n\n"
             await send({"type": "http.response.body", "body": event.encode(), "more_body": True})
+            sent += 1
+        watcher.cancel()
+        self.seen.append({"sse_sent": sent, "sse_reader_gone": gone.is_set()})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _websocket(self, scope: Scope, receive: Any, send: Any) -> None:
