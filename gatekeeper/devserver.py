@@ -1,49 +1,46 @@
 """A real HTTP server for a :class:`~gatekeeper.issuer.DevIssuer`, for tests, the demo and benchmarks.
 
-It listens on a loopback port in a background thread and serves the JWKS, discovery documents and an
-OAuth2 client-credentials token endpoint. The JWKS endpoint has knobs (status, delay, body, headers,
-drop) that tests flip at any time to simulate a misbehaving identity provider.
+It listens on a loopback port in a background thread and serves the JWKS, discovery documents, an
+OAuth2 token endpoint (client credentials, password and refresh-token grants, see
+:mod:`gatekeeper.devtokens`) and an RFC 7009 revocation endpoint. The JWKS endpoint has knobs
+(status, delay, body, headers, drop) that tests flip at any time to simulate a misbehaving identity
+provider; the token endpoint has a queue of one-shot faults (:class:`TokenFault`).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import json
 import sys
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, cast
-from urllib.parse import parse_qs, unquote_plus, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
+from gatekeeper.devtokens import ALL_GRANTS, DevClient, ErrorShape, OAuthError, TokenService
 from gatekeeper.issuer import DevIssuer
 
-__all__ = ["IssuerServer"]
+__all__ = ["IssuerServer", "TokenFault"]
 
 JWKS_PATH = "/.well-known/jwks.json"
 TOKEN_PATH = "/oauth/token"
+REVOCATION_PATH = "/oauth/revoke"
 _DISCOVERY_PATHS = ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server")
 _MAX_FORM_BYTES = 64 * 1024
-_UNKNOWN_CLIENT_SECRET = "\0no client\0"  # contains NUL, so no form or Basic secret can match it
 
 
 @dataclass(frozen=True)
-class _Client:
-    secret: str
-    scopes: frozenset[str]
+class TokenFault:
+    """One token request answered badly: after ``delay`` seconds, ``status`` with ``body`` (default:
+    a JSON error), or the connection closed without an answer (``drop``)."""
 
-
-class _OAuthError(Exception):
-    """An RFC 6749 section 5.2 error response."""
-
-    def __init__(self, status: int, error: str, description: str) -> None:
-        super().__init__(description)
-        self.status, self.error, self.description = status, error, description
+    status: int = 500
+    body: bytes | None = None
+    delay: float = 0.0
+    drop: bool = False
 
 
 class IssuerServer:
@@ -56,14 +53,27 @@ class IssuerServer:
     #: Lifetime in seconds of tokens issued by the token endpoint.
     token_lifetime: int = 300
 
-    def __init__(self, issuer: DevIssuer | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        issuer: DevIssuer | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        error_shape: ErrorShape = "rfc6749",
+        token_path: str = TOKEN_PATH,
+    ) -> None:
+        #: Clients, users, refresh tokens and the error shape of the token endpoint.
+        self.tokens = TokenService(error_shape=error_shape)
         self._httpd = _Server((host, port), _Handler)
         self._httpd.owner = self
         bound_host, bound_port = self._httpd.server_address[:2]
         #: Base URL, e.g. ``http://127.0.0.1:54321``.
         self.url = f"http://{bound_host!s}:{bound_port}"
         self.jwks_url = self.url + JWKS_PATH
-        self.token_url = self.url + TOKEN_PATH
+        #: The token endpoint's path (``/auth`` to look like Placepoint's per-API endpoints).
+        self.token_path = token_path
+        self.token_url = self.url + token_path
+        self.revocation_url = self.url + REVOCATION_PATH
         self.issuer = issuer if issuer is not None else DevIssuer(issuer=self.url)
 
         # JWKS knobs. Handlers read each one once per request; plain attribute assignment is atomic.
@@ -78,9 +88,13 @@ class IssuerServer:
         #: One-shot: the next JWKS request gets its connection closed without any response.
         self.drop: bool = False
 
+        #: Seconds every token request waits before it is answered (to make concurrency visible).
+        self.token_delay: float = 0.0
+        #: Token endpoint faults, consumed one per token request (see :meth:`fail_token_requests`).
+        self.token_faults: deque[TokenFault] = deque()
+
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
-        self._clients: dict[str, _Client] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -113,9 +127,44 @@ class IssuerServer:
     ) -> None:
         self.stop()
 
-    def add_client(self, client_id: str, secret: str, *, scopes: Sequence[str] = ()) -> None:
-        """Register a confidential client for the token endpoint, allowed to request ``scopes``."""
-        self._clients[client_id] = _Client(secret, frozenset(scopes))
+    def add_client(
+        self,
+        client_id: str,
+        secret: str,
+        *,
+        scopes: Sequence[str] = (),
+        expires_in: int | None = None,
+        audiences: Sequence[str] = (),
+        grants: Sequence[str] | None = None,
+        refresh_tokens: bool = False,
+    ) -> None:
+        """Register a confidential client for the token endpoint, allowed to request ``scopes``.
+
+        ``expires_in``: its tokens' lifetime (default :attr:`token_lifetime`); ``audiences``: the
+        ``audience``/``resource`` values it may ask for (empty: any); ``grants``: the grant types it
+        may use (default all); ``refresh_tokens``: also issue refresh tokens with client credentials.
+        """
+        client = DevClient(
+            secret,
+            frozenset(scopes),
+            expires_in,
+            frozenset(audiences),
+            frozenset(grants) if grants is not None else ALL_GRANTS,
+            refresh_tokens,
+        )
+        self.tokens.add_client(client_id, client)
+
+    def add_user(self, username: str, password: str, *, scopes: Sequence[str] = ()) -> None:
+        """Register a user for the password grant (which is enabled once a user exists)."""
+        self.tokens.add_user(username, password, scopes)
+
+    def revoke(self, token: str) -> None:
+        """Revoke a refresh token (and its family) or an access token, as an administrator would."""
+        self.tokens.revoke_token(token)
+
+    def fail_token_requests(self, *faults: TokenFault) -> None:
+        """Queue faults: the next ``len(faults)`` token requests get them, in order."""
+        self.token_faults.extend(faults)
 
     def requests(self, path: str = JWKS_PATH) -> int:
         """Return how many requests (of any method and outcome) were received for ``path``."""
@@ -139,54 +188,14 @@ class IssuerServer:
             drop, self.drop = self.drop, False
             return drop
 
-    def _issue_token(self, form: dict[str, str], authorization: str | None) -> dict[str, Any]:
-        """Run the client-credentials grant (RFC 6749 section 4.4); raises ``_OAuthError``."""
-        client_id, secret = _client_credentials(form, authorization)
-        client = self._clients.get(client_id)
-        # Constant-time comparison, also done for unknown clients so both failures look alike.
-        expected = client.secret if client else _UNKNOWN_CLIENT_SECRET
-        if not hmac.compare_digest(secret.encode(), expected.encode()) or client is None:
-            raise _OAuthError(401, "invalid_client", "client authentication failed")
-        grant_type = form.get("grant_type")
-        if grant_type is None:
-            raise _OAuthError(400, "invalid_request", "grant_type is required")
-        if grant_type != "client_credentials":
-            raise _OAuthError(400, "unsupported_grant_type", "only client_credentials is supported")
-        requested = set(form["scope"].split()) if "scope" in form else set(client.scopes)
-        if not requested <= client.scopes:
-            raise _OAuthError(400, "invalid_scope", "scope not permitted for this client")
-        scope = " ".join(sorted(requested))
-        token = self.issuer.mint(subject=client_id, scope=scope, expires_in=self.token_lifetime)
-        return {
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": self.token_lifetime,
-            "scope": scope,
-        }
-
-
-def _client_credentials(form: dict[str, str], authorization: str | None) -> tuple[str, str]:
-    """Extract client_id/secret from HTTP Basic (RFC 6749 section 2.3.1) or the form body."""
-    if authorization is None:
-        if "client_id" not in form or "client_secret" not in form:
-            raise _OAuthError(401, "invalid_client", "client credentials are missing")
-        return form["client_id"], form["client_secret"]
-    scheme, _, encoded = authorization.partition(" ")
-    if scheme.lower() != "basic" or "client_secret" in form:
-        raise _OAuthError(401, "invalid_client", "use exactly one client authentication method")
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        raise _OAuthError(401, "invalid_client", "malformed Basic credentials") from None
-    client_id, sep, secret = decoded.partition(":")
-    if not sep:
-        raise _OAuthError(401, "invalid_client", "malformed Basic credentials")
-    # RFC 6749 has both halves form-urlencoded before they are joined and base64-encoded.
-    return unquote_plus(client_id), unquote_plus(secret)
+    def _take_token_fault(self) -> TokenFault | None:
+        with self._lock:
+            return self.token_faults.popleft() if self.token_faults else None
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck or delayed request must never keep the process alive
+    request_queue_size = 128  # tests and benchmarks open many connections at once
     owner: IssuerServer
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -212,25 +221,52 @@ class _Handler(BaseHTTPRequestHandler):
         elif path in _DISCOVERY_PATHS:
             owner = self.owner
             doc = owner.issuer.discovery(owner.jwks_url, token_endpoint=owner.token_url)
+            doc["grant_types_supported"] = ["client_credentials", "refresh_token", "password"]
+            doc["revocation_endpoint"] = owner.revocation_url
+            doc["revocation_endpoint_auth_methods_supported"] = ["client_secret_basic", "client_secret_post"]
             self._json(200, doc)
         else:
             self._not_found(path)
 
     def do_POST(self) -> None:
         path = self._path()
-        if path != TOKEN_PATH:
+        owner = self.owner
+        if path not in (owner.token_path, REVOCATION_PATH):
             self._not_found(path)
             return
         extra = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # RFC 6749 section 5.1
+        if path == owner.token_path:
+            if owner.token_delay > 0 and owner._stopping.wait(owner.token_delay):
+                return
+            fault = owner._take_token_fault()
+            if fault is not None:
+                self._fault(fault)
+                return
         try:
             form = self._read_form()
-            result = self.owner._issue_token(form, self.headers.get("Authorization"))
-        except _OAuthError as e:
+            authorization = self.headers.get("Authorization")
+            if path == REVOCATION_PATH:
+                owner.tokens.revoke(form, authorization)
+                result: Any = {}
+            else:
+                result = owner.tokens.token(owner.issuer, owner.token_lifetime, form, authorization)
+        except OAuthError as e:
             if e.status == 401:
                 extra["WWW-Authenticate"] = 'Basic realm="gatekeeper-dev"'
-            self._json(e.status, {"error": e.error, "error_description": e.description}, extra)
+            status, body = e.render(owner.tokens.error_shape)
+            self._json(status, body, extra)
             return
         self._json(200, result, extra)
+
+    def _fault(self, fault: TokenFault) -> None:
+        owner = self.owner
+        if fault.delay > 0 and owner._stopping.wait(fault.delay):
+            return
+        if fault.drop:
+            self.close_connection = True
+            return
+        body = fault.body if fault.body is not None else json.dumps({"error": "server_error"}).encode()
+        self._send(fault.status, body, {})
 
     def _path(self) -> str:
         path = urlsplit(self.path).path
@@ -238,7 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
         return path
 
     def _not_found(self, path: str) -> None:
-        known = path in (JWKS_PATH, TOKEN_PATH, *_DISCOVERY_PATHS)
+        known = path in (JWKS_PATH, self.owner.token_path, REVOCATION_PATH, *_DISCOVERY_PATHS)
         status = 405 if known else 404
         self._json(status, {"error": "method_not_allowed" if known else "not_found"})
 
@@ -255,17 +291,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_form(self) -> dict[str, str]:
         content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
-            raise _OAuthError(400, "invalid_request", "expected application/x-www-form-urlencoded")
+            raise OAuthError(400, "invalid_request", "expected application/x-www-form-urlencoded")
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if not 0 <= length <= _MAX_FORM_BYTES:
-            raise _OAuthError(400, "invalid_request", "missing, invalid or too large Content-Length")
+            raise OAuthError(400, "invalid_request", "missing, invalid or too large Content-Length")
         raw = self.rfile.read(length).decode("utf-8", errors="replace")
         parsed = parse_qs(raw, keep_blank_values=True)
         if any(len(values) > 1 for values in parsed.values()):
-            raise _OAuthError(400, "invalid_request", "repeated parameter")  # RFC 6749 section 3.2
+            raise OAuthError(400, "invalid_request", "repeated parameter")  # RFC 6749 section 3.2
         return {name: values[0] for name, values in parsed.items()}
 
     def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:

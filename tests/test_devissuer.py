@@ -370,3 +370,184 @@ def test_token_endpoint_rejects_non_form_bodies_and_wrong_methods(server: Issuer
     assert httpx.get(server.url + "/oauth/token").status_code == 405
     assert httpx.post(server.jwks_url).status_code == 405
     assert httpx.post(server.url + "/elsewhere").status_code == 404
+
+
+# -- the token endpoint's grants, revocation and error shapes ------------------------------------
+
+
+def token(server: IssuerServer, auth: tuple[str, str] = ("svc", "pw"), **form: str) -> httpx.Response:
+    return httpx.post(server.token_url, data=form, auth=auth)
+
+
+def test_refresh_rotation_and_reuse_revokes_the_family(server: IssuerServer) -> None:
+    server.add_client("svc", "pw", refresh_tokens=True)
+    first = token(server, grant_type="client_credentials").json()
+    second = token(server, grant_type="refresh_token", refresh_token=first["refresh_token"]).json()
+    assert second["refresh_token"] != first["refresh_token"]  # rotated
+    third = token(server, grant_type="refresh_token", refresh_token=second["refresh_token"]).json()
+    assert server.tokens.refresh_tokens() == 1
+
+    # The spent first refresh token comes back (stolen copy, or a buggy client): reuse.
+    reused = token(server, grant_type="refresh_token", refresh_token=first["refresh_token"])
+    assert reused.status_code == 400
+    assert reused.json()["error"] == "invalid_grant"
+    assert "reused" in reused.json()["error_description"]
+    # ... which revoked the whole family, including the newest refresh token and the access tokens.
+    latest = token(server, grant_type="refresh_token", refresh_token=third["refresh_token"])
+    assert latest.json()["error"] == "invalid_grant"
+    assert server.tokens.refresh_tokens() == 0
+    assert all(server.tokens.is_revoked(t["access_token"]) for t in (first, second, third))
+
+
+def test_refresh_tokens_belong_to_their_client(server: IssuerServer) -> None:
+    server.add_client("svc", "pw", refresh_tokens=True)
+    server.add_client("other", "pw2")
+    issued = token(server, grant_type="client_credentials").json()
+    stolen = token(
+        server, ("other", "pw2"), grant_type="refresh_token", refresh_token=issued["refresh_token"]
+    )
+    assert stolen.json()["error"] == "invalid_grant"
+    assert (
+        token(server, grant_type="refresh_token", refresh_token="nonsense").json()["error"] == "invalid_grant"
+    )
+    assert token(server, grant_type="refresh_token").json()["error"] == "invalid_request"
+
+
+def test_client_credentials_issue_no_refresh_token_by_default(server: IssuerServer) -> None:
+    server.add_client("svc", "pw")
+    assert "refresh_token" not in token(server, grant_type="client_credentials").json()
+
+
+def test_password_grant_for_registered_users(server: IssuerServer) -> None:
+    server.add_client("svc", "pw")
+    server.add_user("ops", "hunter2", scopes=["systems:read", "systems:write"])
+    body = token(
+        server, grant_type="password", username="ops", password="hunter2", scope="systems:read"
+    ).json()
+    claims = segment(body["access_token"], 1)
+    assert claims["sub"] == "ops"
+    assert claims["client_id"] == "svc"
+    assert claims["scope"] == "systems:read"
+    assert body["refresh_token"]
+    wrong = token(server, grant_type="password", username="ops", password="nope")
+    assert (wrong.status_code, wrong.json()["error"]) == (400, "invalid_grant")
+    missing = token(server, grant_type="password", username="ops")
+    assert missing.json()["error"] == "invalid_request"
+
+
+def test_grants_can_be_restricted_per_client(server: IssuerServer) -> None:
+    server.add_client("svc", "pw", grants=["client_credentials"])
+    server.add_user("ops", "hunter2")
+    refused = token(server, grant_type="password", username="ops", password="hunter2")
+    assert refused.json()["error"] == "unauthorized_client"
+
+
+def test_per_audience_tokens_and_per_client_lifetime(server: IssuerServer) -> None:
+    server.add_client("svc", "pw", audiences=["customer-api", "matching-api"], expires_in=60)
+    server.add_client("open", "pw")
+    customer = token(server, grant_type="client_credentials", audience="customer-api").json()
+    matching = token(server, grant_type="client_credentials", resource="matching-api").json()
+    assert segment(customer["access_token"], 1)["aud"] == "customer-api"
+    assert segment(matching["access_token"], 1)["aud"] == "matching-api"
+    assert customer["expires_in"] == 60
+    claims = segment(customer["access_token"], 1)
+    assert claims["exp"] - claims["iat"] == 60
+    other = token(server, grant_type="client_credentials", audience="billing-api")
+    assert (other.status_code, other.json()["error"]) == (400, "invalid_target")
+    default = token(server, ("open", "pw"), grant_type="client_credentials").json()
+    assert segment(default["access_token"], 1)["aud"] == "api"
+    assert default["expires_in"] == server.token_lifetime
+
+
+def test_revocation_endpoint(server: IssuerServer) -> None:
+    server.add_client("svc", "pw", refresh_tokens=True)
+    server.add_client("other", "pw2")
+    issued = token(server, grant_type="client_credentials").json()
+    # Another client cannot revoke it: still 200 (RFC 7009 section 2.2 leaks nothing), no effect.
+    assert (
+        httpx.post(
+            server.revocation_url, data={"token": issued["refresh_token"]}, auth=("other", "pw2")
+        ).status_code
+        == 200
+    )
+    assert token(server, grant_type="refresh_token", refresh_token=issued["refresh_token"]).status_code == 200
+    fresh = token(server, grant_type="client_credentials").json()
+    response = httpx.post(
+        server.revocation_url,
+        data={"token": fresh["refresh_token"], "token_type_hint": "refresh_token"},
+        auth=("svc", "pw"),
+    )
+    assert response.status_code == 200
+    assert (
+        token(server, grant_type="refresh_token", refresh_token=fresh["refresh_token"]).json()["error"]
+        == "invalid_grant"
+    )
+    assert server.tokens.is_revoked(fresh["access_token"])
+    # Access tokens by jti; unknown tokens are fine; client authentication is required.
+    assert (
+        httpx.post(
+            server.revocation_url, data={"token": issued["access_token"]}, auth=("svc", "pw")
+        ).status_code
+        == 200
+    )
+    assert server.tokens.is_revoked(issued["access_token"])
+    assert httpx.post(server.revocation_url, data={"token": "junk"}, auth=("svc", "pw")).status_code == 200
+    assert httpx.post(server.revocation_url, data={"token": "junk"}).status_code == 401
+    assert httpx.post(server.revocation_url, data={}, auth=("svc", "pw")).json()["error"] == "invalid_request"
+    assert server.requests("/oauth/revoke") == 6
+
+
+@pytest.mark.parametrize(
+    ("shape", "bad_client", "bad_refresh"),
+    [
+        (
+            "rfc6749",
+            (401, {"error": "invalid_client", "error_description": "client authentication failed"}),
+            (400, {"error": "invalid_grant", "error_description": "unknown refresh token"}),
+        ),
+        (
+            "placepoint",
+            (401, {"error": {"code": 401, "message": "client authentication failed"}}),
+            (400, {"error": {"code": 400, "message": "unknown refresh token"}}),
+        ),
+        (
+            "placewise",
+            (401, {"error": "client authentication failed"}),
+            (462, {"error": "Invalid refresh token"}),
+        ),
+    ],
+)
+def test_error_shapes(shape: str, bad_client: tuple[int, Any], bad_refresh: tuple[int, Any]) -> None:
+    with IssuerServer(DevIssuer(algorithms=["ES256"]), error_shape=shape) as srv:  # type: ignore[arg-type]
+        srv.add_client("svc", "pw")
+        response = token(srv, ("svc", "wrong"), grant_type="client_credentials")
+        assert (response.status_code, response.json()) == bad_client
+        response = token(srv, grant_type="refresh_token", refresh_token="nope")
+        assert (response.status_code, response.json()) == bad_refresh
+    with pytest.raises(ValueError, match="unknown error shape"):
+        IssuerServer(error_shape="nonsense")  # type: ignore[arg-type]
+
+
+def test_token_faults_are_one_shot_and_in_order(server: IssuerServer) -> None:
+    from gatekeeper.devserver import TokenFault
+
+    server.add_client("svc", "pw")
+    server.fail_token_requests(TokenFault(503), TokenFault(200, body=b"not json"))
+    assert token(server, grant_type="client_credentials").status_code == 503
+    assert token(server, grant_type="client_credentials").content == b"not json"
+    assert token(server, grant_type="client_credentials").json()["token_type"] == "Bearer"
+    server.fail_token_requests(TokenFault(drop=True))
+    with pytest.raises(httpx.RemoteProtocolError):
+        token(server, grant_type="client_credentials")
+    assert server.tokens.grants == {"client_credentials": 1}
+
+
+def test_custom_token_path_and_discovery(server: IssuerServer) -> None:
+    doc = httpx.get(server.url + "/.well-known/openid-configuration").json()
+    assert doc["revocation_endpoint"] == server.revocation_url
+    assert "refresh_token" in doc["grant_types_supported"]
+    with IssuerServer(DevIssuer(algorithms=["ES256"]), token_path="/auth") as srv:
+        srv.add_client("svc", "pw")
+        assert srv.token_url == srv.url + "/auth"
+        assert token(srv, grant_type="client_credentials").status_code == 200
+        assert httpx.post(srv.url + "/oauth/token").status_code == 404
