@@ -119,6 +119,8 @@ class Gateway:
         """Copy the key stores' counters and key counts into the metrics."""
         if self.metrics is not None:
             self.metrics.mirror(key_stores(self.verifier), time.time())
+            if hasattr(self.config.revocation, "mirror_metrics"):
+                self.config.revocation.mirror_metrics(self.metrics, self.verifier)
 
     def ready(self) -> bool:
         """Every issuer has usable keys."""
@@ -228,6 +230,6 @@ def build_gateway(
         if hasattr(revocation, "ops_checks"):
             extra.update(revocation.ops_checks())
         if hasattr(revocation, "ops_routes"):
-            ops_routes = (*ops_routes, *revocation.ops_routes(verifier))
+            ops_routes = (*ops_routes, *revocation.ops_routes(verifier, config.server.ops_listen))
     gateway.ops = ops_app(verifier, metrics, checks=extra, routes=ops_routes, before_metrics=gateway.mirror)
     return gateway
