@@ -1,0 +1,303 @@
+"""``gatekeeper serve`` as a real process on loopback: readiness, ops isolation, metrics, the
+access log, several workers with multi-process metrics, and the SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gateway_process import GatewayProcess, metric_samples
+from upstream import ServerThread, Upstream
+
+from gatekeeper.devserver import IssuerServer
+from gatekeeper.errors import ERROR_KINDS
+from gatekeeper.issuer import DevIssuer
+from gatekeeper.redact import fingerprint
+
+CONFIG = """
+[server]
+listen = "{listen}"
+ops_listen = "{ops}"
+shutdown_timeout = 20
+
+[tokens]
+query_params = ["bearer_token"]
+
+[[issuers]]
+issuer = "ISSUER"
+audience = "api"
+jwks_url = "JWKS"
+
+[issuers.fetch]
+retry_interval = 0.1
+
+[[routes]]
+path = "/open/**"
+access = "exempt"
+
+[[routes]]
+path = "/api/**"
+scopes = ["read"]
+
+[upstreams.app]
+url = "UPSTREAM"
+
+[proxy]
+upstream = "app"
+
+[logging]
+access_log = "{access_log}"
+"""
+
+
+@pytest.fixture
+def issuer() -> Iterator[IssuerServer]:
+    """A JWKS server on loopback whose issuer mints tokens on the real clock (the gateway
+    process checks them against the real clock)."""
+    server = IssuerServer()
+    server.issuer = DevIssuer(server.url, algorithms=("ES256",))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    with Upstream() as up:
+        yield up
+
+
+def config_for(issuer: IssuerServer, upstream_url: str) -> str:
+    return (
+        CONFIG.replace("ISSUER", issuer.url)
+        .replace("JWKS", issuer.jwks_url)
+        .replace("UPSTREAM", upstream_url)
+    )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def test_readyz_says_not_ready_until_keys_arrive(
+    issuer: IssuerServer, upstream: Upstream, tmp_path: Path
+) -> None:
+    issuer.status = 503  # the JWKS endpoint fails at startup
+    with GatewayProcess(config_for(issuer, upstream.url), tmp_path) as gateway:
+        response = httpx.get(gateway.ops_url + "/readyz")
+        assert response.status_code == 503
+        # Once the first fetch has failed, the status says why.
+        deadline_body: dict[str, Any] = response.json()
+        for _ in range(200):
+            deadline_body = httpx.get(gateway.ops_url + "/readyz").json()
+            if deadline_body["issuers"][0]["last_error"]:
+                break
+        (status,) = deadline_body["issuers"]
+        assert deadline_body["ready"] is False
+        assert status["issuer"] == issuer.url
+        assert status["usable"] is False
+        assert status["kids"] == []
+        assert "503" in status["last_error"]
+        assert httpx.get(gateway.ops_url + "/healthz").status_code == 200  # alive, just not ready
+
+        issuer.status = 200  # the endpoint recovers: the keeper fetches without any request
+        ready = gateway.wait_for("/readyz", 200)
+        assert ready.status_code == 200
+        body = ready.json()
+        assert body["ready"] is True
+        assert body["issuers"][0]["kids"] == [key["kid"] for key in issuer.issuer.jwks()["keys"]]
+        assert body["issuers"][0]["fresh_for"] > 0
+        assert ready.headers["cache-control"] == "no-store"
+        assert gateway.stop() == 0
+
+
+def test_ops_endpoints_are_not_reachable_through_the_main_listener(
+    issuer: IssuerServer, upstream: Upstream, tmp_path: Path
+) -> None:
+    token = issuer.issuer.mint(scope="read", audience="api")
+    with GatewayProcess(config_for(issuer, upstream.url), tmp_path) as gateway:
+        gateway.wait_for("/readyz", 200)
+        for path in ("/healthz", "/readyz", "/metrics"):
+            anonymous = httpx.get(gateway.url + path)
+            assert anonymous.status_code == 401  # the default rule, like any other path
+            assert "gatekeeper_" not in anonymous.text
+            with_token = httpx.get(gateway.url + path, headers=bearer(token))
+            # Proxied to the upstream like any other path: its echo, never the ops answer.
+            assert with_token.json()["path"] == path
+            assert "gatekeeper_" not in with_token.text
+        assert gateway.stop() == 0
+
+
+BOUNDED_RULES = {"/open/**", "/api/**", "/**", ""}
+
+
+def test_metrics_and_access_log(issuer: IssuerServer, upstream: Upstream, tmp_path: Path) -> None:
+    good = issuer.issuer.mint(scope="read", subject="alice-secret-sub", audience="api")
+    no_scope = issuer.issuer.mint(scope="write", audience="api")
+    expired = issuer.issuer.mint(scope="read", expires_in=-3600, audience="api")
+    with GatewayProcess(config_for(issuer, upstream.url), tmp_path) as gateway:
+        gateway.wait_for("/readyz", 200)
+        with httpx.Client(base_url=gateway.url) as client:
+            assert client.get("/api/items?x=1", headers=bearer(good)).status_code == 200  # verified
+            assert client.get("/api/items?x=2", headers=bearer(good)).status_code == 200  # cached
+            assert client.get(f"/api/items?bearer_token={good}&y=3").status_code == 200  # query token
+            assert client.get("/api/items", headers=bearer(no_scope)).status_code == 403
+            assert client.get("/api/items", headers=bearer(expired)).status_code == 401
+            assert client.get("/api/items").status_code == 401
+            assert client.get("/open/status?code=503").status_code == 503  # the upstream's own
+            # Many distinct paths and tokens: none may become a label value.
+            distinct = [
+                issuer.issuer.mint(scope="read", subject=f"user-{i}", audience="api") for i in range(20)
+            ]
+            for i, token in enumerate(distinct):
+                assert client.get(f"/api/unique-path-{i}", headers=bearer(token)).status_code == 200
+        text = httpx.get(gateway.ops_url + "/metrics").text
+        lines = gateway.log_lines()
+        assert gateway.stop() == 0
+
+    decisions = metric_samples(text, "gatekeeper_decisions_total")
+    by_labels = {tuple(v for _, v in labels): value for labels, value in decisions.items()}
+    # (door, kind, outcome, rule), sorted by label name
+    assert by_labels[("proxy", "", "allow", "/api/**")] == 23
+    assert by_labels[("proxy", "insufficient_scope", "deny", "/api/**")] == 1
+    assert by_labels[("proxy", "expired_token", "deny", "/api/**")] == 1
+    assert by_labels[("proxy", "missing_token", "deny", "/api/**")] == 1
+    assert by_labels[("proxy", "", "allow", "/open/**")] == 1
+    for labels in decisions:
+        values = dict(labels)
+        assert values["door"] in {"proxy", "forward_auth"}
+        assert values["outcome"] in {"allow", "deny", "error"}
+        assert values["kind"] in {"", *ERROR_KINDS} or re.fullmatch(r"[a-z_]+", values["kind"])
+        assert values["rule"] in BOUNDED_RULES
+    cache = {
+        dict(labels)["result"]: value
+        for labels, value in metric_samples(text, "gatekeeper_token_cache_total").items()
+    }
+    assert cache["hit"] >= 2  # the second header request and the query one
+    assert cache["miss"] >= 21
+    responses = metric_samples(text, "gatekeeper_upstream_responses_total")
+    assert responses[(("status_class", "2xx"),)] == 23
+    assert responses[(("status_class", "5xx"),)] == 1
+    assert metric_samples(text, "gatekeeper_upstream_seconds_count")[()] == 24
+    assert metric_samples(text, "gatekeeper_decision_seconds_count")[(("door", "proxy"),)] == 27
+    assert metric_samples(text, "gatekeeper_keys")[(("issuer", issuer.url),)] == 1
+    fetches = metric_samples(text, "gatekeeper_jwks_fetches_total")
+    assert fetches[(("issuer", issuer.url), ("result", "ok"))] >= 1
+    # No token, no sub, no raw path anywhere in the exposition.
+    for secret in (good, no_scope, expired, *distinct):
+        assert secret not in text
+    assert "alice-secret-sub" not in text
+    assert "unique-path" not in text
+
+    # The access log: one JSON line per request, tokens only as fingerprints.
+    assert len(lines) == 27
+    first = lines[0]
+    assert first["method"] == "GET"
+    assert first["path"] == "/api/items?x=1"
+    assert first["status"] == 200
+    assert first["decision"] == "allow"
+    assert first["rule"] == "/api/**"
+    assert first["issuer"] == issuer.url
+    assert first["sub"] == "alice-secret-sub"
+    assert first["client_id"] == "alice-secret-sub"
+    assert first["token"] == fingerprint(good)
+    assert first["upstream_status"] == 200
+    assert first["latency_ms"] >= first["decision_ms"] >= 0
+    assert lines[1]["cached"] is True
+    query = lines[2]
+    assert good not in query["path"]
+    assert "bearer_token=" in query["path"]
+    assert query["token"] == fingerprint(good)
+    assert lines[3]["error_kind"] == "insufficient_scope"
+    assert lines[3]["status"] == 403
+    assert lines[5]["error_kind"] == "missing_token"
+    assert lines[5]["token"] is None
+    raw = gateway.access_log.read_text()
+    for secret in (good, no_scope, expired, *distinct):
+        assert secret not in raw
+
+
+def refused_soon(url: str, attempts: int = 200) -> bool:
+    for _ in range(attempts):
+        try:
+            httpx.get(url, timeout=1)
+        except httpx.ConnectError:
+            return True
+        threading.Event().wait(0.02)
+    return False
+
+
+class Held:
+    """An upstream whose responses wait until released, so a test knows a request is in flight."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        self.arrived.set()
+        # The release comes from another thread: wait for it without blocking this loop.
+        await asyncio.to_thread(self.release.wait, 30)
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+        )
+        await send({"type": "http.response.body", "body": b"finished after SIGTERM"})
+
+
+def test_sigterm_lets_in_flight_requests_finish_then_exits_0(issuer: IssuerServer, tmp_path: Path) -> None:
+    held = Held()
+    token = issuer.issuer.mint(scope="read", audience="api")
+    with ServerThread(held) as slow, GatewayProcess(config_for(issuer, slow.url), tmp_path) as gateway:
+        gateway.wait_for("/readyz", 200)
+        result: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                result["response"] = httpx.get(gateway.url + "/api/slow", headers=bearer(token), timeout=30)
+            except httpx.HTTPError as exc:
+                result["error"] = exc
+
+        client = threading.Thread(target=call)
+        client.start()
+        assert held.arrived.wait(20), gateway.stderr()
+        gateway.process.send_signal(15)  # SIGTERM while the request is in flight
+        # Draining: new connections are refused soon, while the held request goes on.
+        assert refused_soon(gateway.url + "/open/x")
+        held.release.set()
+        client.join(30)
+        assert "error" not in result
+        assert result["response"].status_code == 200
+        assert result["response"].text == "finished after SIGTERM"
+        assert gateway.stop() == 0
+
+
+def test_two_workers_share_the_ports_and_the_metrics(
+    issuer: IssuerServer, upstream: Upstream, tmp_path: Path
+) -> None:
+    token = issuer.issuer.mint(scope="read", audience="api")
+    with GatewayProcess(config_for(issuer, upstream.url), tmp_path, workers=2) as gateway:
+        # Each worker fetches its own keys; ready once the worker answering says so.
+        gateway.wait_for("/readyz", 200)
+        for i in range(30):
+            # A new connection each time, so the kernel spreads them over both workers.
+            assert httpx.get(f"{gateway.url}/api/n{i}", headers=bearer(token)).status_code == 200
+        totals = set()
+        for _ in range(5):  # whichever worker answers the scrape, it counts every worker's requests
+            text = httpx.get(gateway.ops_url + "/metrics", headers={"connection": "close"}).text
+            samples = metric_samples(text, "gatekeeper_decisions_total")
+            totals.add(sum(v for labels, v in samples.items() if dict(labels)["outcome"] == "allow"))
+        assert totals == {30}
+        pids = set(re.findall(r"Started server process \[(\d+)\]", gateway.stderr()))
+        assert len(pids) == 2
+        assert gateway.stop() == 0
+        assert "Traceback" not in gateway.stderr()
