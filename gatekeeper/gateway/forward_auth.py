@@ -20,8 +20,9 @@ The path is normalised by :func:`gatekeeper.gateway.paths.normalise_path`; a pat
 normalised unambiguously is refused with 400 in the profile's ``invalid_request`` shape.
 
 An allow also carries ``X-Gatekeeper-Uri``: the normalised path plus the query without token
-parameters. The shipped nginx and Caddy configurations send the upstream exactly that URI, so
-the upstream sees the path the rules saw and never the query token.
+parameters, and ``X-Gatekeeper-Path``, the normalised path alone. The shipped nginx
+configuration sends the upstream exactly that URI, the Caddy one that path, so the upstream sees
+the path the rules saw (and, through nginx, never the query token).
 
 nginx's ``auth_request`` passes only 401 and 403 through (any other status becomes 500) and
 drops the body. With ``proxy = "nginx"`` every refusal is therefore answered with 401 (403 when
@@ -52,14 +53,23 @@ from .identity import IdentityHeaders
 from .paths import PathRejected, normalise_path, split_target
 from .record import Decision, Reporter, RequestRecord
 
-__all__ = ["PROXIES", "UPSTREAM_URI_HEADER", "ForwardAuth", "ForwardAuthSettings", "ProxyKind"]
+__all__ = [
+    "PROXIES",
+    "UPSTREAM_PATH_HEADER",
+    "UPSTREAM_URI_HEADER",
+    "ForwardAuth",
+    "ForwardAuthSettings",
+    "ProxyKind",
+]
 
 ProxyKind = Literal["nginx", "ingress-nginx", "traefik", "caddy", "envoy"]
 PROXIES: Final[tuple[ProxyKind, ...]] = ("nginx", "ingress-nginx", "traefik", "caddy", "envoy")
 
 #: The allow answer's header with the URI the upstream should be sent (normalised path, query
-#: without token parameters).
+#: without token parameters), and one with the normalised path alone (for Caddy's rewrite, which
+#: escapes a placeholder's value in the query).
 UPSTREAM_URI_HEADER: Final = "x-gatekeeper-uri"
+UPSTREAM_PATH_HEADER: Final = "x-gatekeeper-path"
 #: The real status of a refusal that nginx mode answered with 401/403.
 STATUS_HEADER: Final = "x-gatekeeper-status"
 
@@ -267,6 +277,7 @@ class ForwardAuth:
     def _allow(self, allow: Allow, original: _Original) -> _Answer:
         out = self.identity.raw_values(allow.claims)
         out.append((UPSTREAM_URI_HEADER.encode("ascii"), self._upstream_uri(original)))
+        out.append((UPSTREAM_PATH_HEADER.encode("ascii"), original.path.encode("ascii")))
         out.append(self._cache_control(allow))
         return 200, out, b""
 

@@ -112,6 +112,7 @@ def test_allow_answers_200_with_identity_headers_and_the_upstream_uri(
     assert response.headers["cache-control"] == "no-store"
     # the upstream is to see the path the rules saw, without the query token
     assert response.headers["x-gatekeeper-uri"] == "/admin/x/y?a=1&b=%20"
+    assert response.headers["x-gatekeeper-path"] == "/admin/x/y"
     [record] = fa.records
     assert (record.decision, record.status, record.rule, record.subject) == (
         "allow",

@@ -1,0 +1,212 @@
+"""Real nginx and Caddy for gateway tests: each started from the shipped example configuration
+(examples/gateway/nginx.conf, Caddyfile) with its placeholders filled in, on a free loopback
+port, from a temporary directory, and stopped after the test.
+
+A test that needs one calls :func:`require` first: without the binary it is skipped with a
+reason saying how to install it (``scripts/test.sh`` installs both when run as root).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "gateway"
+_PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
+
+
+def find(name: str) -> str | None:
+    """The binary's path (``/usr/sbin`` is not on every user's PATH)."""
+    return shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
+    )
+
+
+def require(name: str) -> str:
+    """The binary, or skip the test saying how to install it."""
+    path = find(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed: apt-get install {name} (scripts/test.sh does it as root)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[Any], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            _, err = process.communicate()
+            raise RuntimeError(f"{what} exited with {process.returncode}: {err!r}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout}s")
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """envsubst with a list of names: only ``${NAME}`` for the given names is replaced (nginx's
+    own ``$variables`` stay); every ``${...}`` left over is an error."""
+    text = _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+    left = _PLACEHOLDER.findall(text)
+    if left:
+        raise ValueError(f"unfilled placeholders: {sorted(set(left))}")
+    return text
+
+
+class _Process:
+    process: subprocess.Popen[bytes]
+    port: int
+    directory: tempfile.TemporaryDirectory[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.directory.cleanup()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Nginx(_Process):
+    """``examples/gateway/nginx.conf`` in front of ``upstream`` asking ``gatekeeper``
+    (``host:port`` each), listening on a free loopback port."""
+
+    def __init__(self, gatekeeper: str, upstream: str, conf: Path = EXAMPLES / "nginx.conf") -> None:
+        binary = require("nginx")
+        self.port = free_port()
+        self.directory = tempfile.TemporaryDirectory(prefix="gk-nginx-")
+        # nginx's workers run as nobody when the master is root: let them read and write here.
+        os.chmod(self.directory.name, 0o755)
+        values = {
+            "NGINX_LISTEN": f"127.0.0.1:{self.port}",
+            "GATEKEEPER_ADDR": gatekeeper,
+            "UPSTREAM_ADDR": upstream,
+        }
+        path = Path(self.directory.name) / "nginx.conf"
+        path.write_text(fill(conf.read_text(), values))
+        self.process = subprocess.Popen(
+            [binary, "-p", self.directory.name, "-c", str(path), "-g", "daemon off;"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        wait_for_port(self.port, self.process, "nginx")
+
+
+class Caddy(_Process):
+    """``examples/gateway/Caddyfile`` in front of ``upstream`` asking ``gatekeeper``, on a free
+    loopback port; Caddy's state (HOME, XDG dirs) lives in the temp directory."""
+
+    def __init__(self, gatekeeper: str, upstream: str, conf: Path = EXAMPLES / "Caddyfile") -> None:
+        binary = require("caddy")
+        self.port = free_port()
+        self.directory = tempfile.TemporaryDirectory(prefix="gk-caddy-")
+        home = self.directory.name
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": home,
+            "XDG_CONFIG_HOME": home,
+            "XDG_DATA_HOME": home,
+            "CADDY_PORT": str(self.port),
+            "CADDY_BIND": "127.0.0.1",
+            "GATEKEEPER_ADDR": gatekeeper,
+            "UPSTREAM_ADDR": upstream,
+        }
+        self.process = subprocess.Popen(
+            [binary, "run", "--config", str(conf), "--adapter", "caddyfile"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=home,
+        )
+        wait_for_port(self.port, self.process, "caddy")
+
+
+# -- a raw HTTP/1.1 client: sends the request target byte for byte ------------------------------
+
+
+class RawResponse:
+    """A parsed response: ``status``, ``headers`` (lower-case names, in order), ``body``."""
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> str | None:
+        return next((value for key, value in self.headers if key == name), None)
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"RawResponse({self.status}, {self.headers!r}, {self.body[:300]!r})"
+
+
+def raw_request(
+    port: int,
+    target: str | bytes,
+    headers: list[tuple[str, str]] = (),
+    method: str = "GET",  # type: ignore[assignment]
+) -> RawResponse:
+    """One request with ``target`` exactly as given (no client-side normalisation), over a
+    fresh connection closed afterwards."""
+    if isinstance(target, str):
+        target = target.encode("latin-1")
+    lines = [method.encode() + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
+    lines += [f"{k}: {v}".encode("latin-1") for k, v in headers]
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = [(k.strip().lower(), v.strip()) for k, _, v in (h.partition(":") for h in header_lines)]
+    if any(k == "transfer-encoding" and "chunked" in v.lower() for k, v in parsed):
+        body = _dechunk(body)
+    return RawResponse(int(status_line.split(" ")[1]), parsed, body)
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += data[:size]
+        data = data[size + 2 :]
+    return out
