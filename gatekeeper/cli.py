@@ -24,6 +24,8 @@ Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 COMMAND_MODULES: tuple[str, ...] = (
     "gatekeeper.cli",
     "gatekeeper.gateway.commands",
+    "gatekeeper.issuer_cli",
+    "gatekeeper.revoke_cli",
 )
 
 
