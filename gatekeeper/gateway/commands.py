@@ -64,6 +64,10 @@ def _verify(args: argparse.Namespace) -> int:
     from ..errors import AuthError
     from .app import build_verifier
 
+    if args.token is not None:
+        # Not echoed: an argument lands in shell history and process lists, so refuse it.
+        print("gatekeeper verify: give the token on stdin, not as an argument", file=sys.stderr)
+        return 2
     try:
         config = _load(args.config)
     except ConfigError as error:
@@ -167,6 +171,8 @@ def register(commands: Commands) -> None:
         ),
     )
     verify.add_argument("--config", required=True, metavar="FILE")
+    # Accepted only to refuse it without argparse echoing the token in its error message.
+    verify.add_argument("token", nargs="?", help=argparse.SUPPRESS)
     verify.set_defaults(handler=_verify)
 
     keys = commands.add_parser(
