@@ -174,6 +174,10 @@ class Gateway:
         else:
             await _not_found(scope, receive, send)
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The gateway is itself the main listener's ASGI app (see :meth:`main`)."""
+        await self.main(scope, receive, send)
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()

@@ -87,7 +87,7 @@ async def run_worker(
     """Serve ``gateway`` (built from ``config`` when not given) on both sockets until SIGTERM or
     SIGINT; return the exit code."""
     gateway = gateway or build_gateway(config)
-    main = _Server(_uvicorn_config(gateway.main, config, lifespan="on"))
+    main = _Server(_uvicorn_config(gateway, config, lifespan="on"))
     ops = _Server(_uvicorn_config(gateway.ops, config, lifespan="off"))
     loop = asyncio.get_running_loop()
 
