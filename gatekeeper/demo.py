@@ -49,6 +49,7 @@ QUERY_PARAM: Final = "bearer_token"
 PROFILES: Final = ("rfc6750", "placepoint", "addressfinder", "placewise")
 HEADERS_SHOWN: Final = ("www-authenticate", "retry-after", "content-type")
 BODY_WIDTH: Final = 160
+REVOKED_JTI: Final = "demo-revoked-token"
 _JWT: Final = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
 
 
@@ -166,6 +167,7 @@ def running(port: int = 0) -> Iterator[Stack]:
     try:
         issuer.issuer.audience = AUDIENCE
         verifier = Verifier(issuer.url, jwks_url=issuer.jwks_url, audience=AUDIENCE, typ="at+jwt")
+        verifier.revoke(jti=REVOKED_JTI, issuer=issuer.url)  # the revoked-token scenario
         api = BackgroundServer(build_app(verifier), port=port)
         try:
             api.start()
@@ -208,6 +210,7 @@ SCENARIOS: Final = (
     Scenario(
         "query-param", f"the valid token in ?{QUERY_PARAM}= (PlaceOS)", "query", _expect(200, 200, 200, 200)
     ),
+    Scenario("revoked-token", "a valid token whose jti was revoked", "header", _expect(401, 401, 400, 460)),
 )
 
 
@@ -225,6 +228,7 @@ def mint_tokens(issuer: DevIssuer, expires_in: float = 300) -> dict[str, str]:
             subject="demo-client", scope=[SCOPE], headers={"kid": published["kid"]}
         ),
         "query-param": good,
+        "revoked-token": issuer.mint(subject="demo-client", scope=[SCOPE], claims={"jti": REVOKED_JTI}),
     }
 
 
@@ -343,7 +347,10 @@ def run(out: TextIO, port: int = 0) -> int:
             out.write(f"  {r.scenario.name} / {r.profile}: got {r.status}, {r.problem}\n")
         return 1
     out.write(f"\nall {total} checks passed\n")
-    return 0
+    from . import demo_gateway  # the same verifier as a gateway: forward-auth and the proxy
+
+    with quiet_http_logs():
+        return demo_gateway.run(out)
 
 
 def serve(out: TextIO, port: int = 0) -> int:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -33,6 +34,7 @@ EXPECTED = {
     "missing-scope": (403, 401, 400, 460),
     "forged-signature": (401, 401, 400, 460),
     "query-param": (200, 200, 200, 200),
+    "revoked-token": (401, 401, 400, 460),
 }
 SCENARIO_LINE = re.compile(r"^\[\d+/\d+\] ([\w-]+): ")
 ROW_LINE = re.compile(r"^  (rfc6750|placepoint|addressfinder|placewise)\s+(\d{3})\s+(.+)$")
@@ -77,7 +79,7 @@ def demo_run() -> subprocess.CompletedProcess[str]:
 
 def test_demo_exits_0_and_says_all_passed(demo_run: subprocess.CompletedProcess[str]) -> None:
     assert demo_run.returncode == 0, demo_run.stdout + demo_run.stderr
-    assert "all 24 checks passed" in demo_run.stdout
+    assert "all 28 checks passed" in demo_run.stdout
     assert "FAIL" not in demo_run.stdout
 
 
@@ -99,7 +101,8 @@ def test_summary_table_matches(demo_run: subprocess.CompletedProcess[str]) -> No
     start = next(i for i, line in enumerate(lines) if line.startswith("summary"))
     assert lines[start].split() == ["summary", *PROFILES]
     table = {
-        line.split()[0]: tuple(int(c) for c in line.split()[1:]) for line in lines[start + 1 : start + 7]
+        line.split()[0]: tuple(int(c) for c in line.split()[1:])
+        for line in lines[start + 1 : start + 1 + len(EXPECTED)]
     }
     assert table == EXPECTED
 
@@ -120,6 +123,7 @@ def test_rows_show_the_profiles_headers_and_bodies(demo_run: subprocess.Complete
     assert 'error="insufficient_scope"' in detail("missing-scope", "rfc6750")
     assert 'scope="places:read"' in detail("missing-scope", "rfc6750")
     assert "signature is invalid" in detail("forged-signature", "rfc6750")
+    assert "has been revoked" in detail("revoked-token", "rfc6750")
     assert '{"error":{"code":401,' in detail("no-token", "placepoint")
     for scenario in ("no-token", "expired-token", "missing-scope", "forged-signature"):
         assert '"error_code":"1024"' in detail(scenario, "addressfinder")
@@ -249,3 +253,47 @@ def test_serve_prints_working_curl_commands_and_stops_on_sigterm(
     assert time.monotonic() - started < 5
     assert process.stderr is not None
     assert not JWT.search(process.stderr.read())
+
+
+# -- the gateway part ------------------------------------------------------------------------------
+
+GATEWAY_STEP = re.compile(
+    r"^\[g(\d+)/(\d+)\] (forward-auth|proxy): .*\n\s+GET \S+\s+-> (\d{3}) (.*)$", re.MULTILINE
+)
+
+
+def test_demo_runs_the_gateway_part(demo_run: subprocess.CompletedProcess[str]) -> None:
+    steps = GATEWAY_STEP.findall(demo_run.stdout)
+    assert len(steps) == 8
+    assert {door for _, _, door, _, _ in steps} == {"forward-auth", "proxy"}
+    assert all(result == "ok" for *_, result in steps)
+    assert "gateway: all 8 checks passed" in demo_run.stdout
+
+
+def test_gateway_part_in_process_checks_what_the_upstream_saw() -> None:
+    from gatekeeper import demo_gateway
+
+    out = io.StringIO()
+    assert demo_gateway.run(out) == 0
+    text = out.getvalue()
+    assert not JWT.search(text)
+    # The forged identity never reached the upstream, on a protected or an exempt route.
+    assert '"admin"' not in text
+    assert '"identity":{}' in text  # the exempt route: no client-chosen identity
+    assert '"query":"q=x"' in text  # the query token was removed from the upstream URL
+    assert text.count('"error_code":"1024"') == 3  # the profile's body, through nginx too
+
+
+def test_gateway_part_fails_when_a_check_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gatekeeper import demo_gateway
+
+    real = demo_gateway.steps
+
+    def wrong(tokens: Any, issuer: str) -> list[Any]:
+        first, *rest = real(tokens, issuer)
+        return [replace(first, status=299), *rest]
+
+    monkeypatch.setattr(demo_gateway, "steps", wrong)
+    out = io.StringIO()
+    assert demo_gateway.run(out) == 1
+    assert "gateway: FAILED 1 of 8 checks" in out.getvalue()
