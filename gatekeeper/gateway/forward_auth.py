@@ -172,6 +172,7 @@ class ForwardAuth:
         self._method_header, self._target_header = _CONVENTIONS[settings.proxy]
         self._nginx = settings.proxy in ("nginx", "ingress-nginx")
         self._token_params = frozenset(gate.source.query_params) | {"bearer_token", "access_token"}
+        self._identity_names = [name.lower().encode("ascii") for name in identity.names]
 
     def handles(self, path: str) -> bool:
         """Whether a request for ``path`` (the listener's path) is for this endpoint."""
@@ -275,7 +276,12 @@ class ForwardAuth:
     # -- answers ------------------------------------------------------------------------------
 
     def _allow(self, allow: Allow, original: _Original) -> _Answer:
-        out = self.identity.raw_values(allow.claims)
+        # Every configured identity header, empty when the claim is absent (or the request is
+        # anonymous): proxies that copy named headers (Caddy's copy_headers, Envoy's
+        # allowed_upstream_headers) then overwrite a client's copy instead of keeping it, and
+        # Caddy 2.6 would otherwise send its unexpanded placeholder. nginx sends no empty header.
+        values = dict(self.identity.raw_values(allow.claims))
+        out = [(name, values.get(name, b"")) for name in self._identity_names]
         out.append((UPSTREAM_URI_HEADER.encode("ascii"), self._upstream_uri(original)))
         out.append((UPSTREAM_PATH_HEADER.encode("ascii"), original.path.encode("ascii")))
         out.append(self._cache_control(allow))

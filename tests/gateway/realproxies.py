@@ -8,6 +8,7 @@ reason saying how to install it (``scripts/test.sh`` installs both when run as r
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,10 +17,25 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Clock
+from upstream import ServerThread, Upstream
+
+from gatekeeper.bearer import BearerSource
+from gatekeeper.decision import Gate
+from gatekeeper.errors import AuthError, ErrorKind
+from gatekeeper.gateway.forward_auth import ForwardAuth, ForwardAuthSettings
+from gatekeeper.gateway.identity import IdentityHeaders
+from gatekeeper.gateway.record import RequestRecord
+from gatekeeper.issuer import DevIssuer
+from gatekeeper.policy import Issuer
+from gatekeeper.responses import TableProfile, get_profile
+from gatekeeper.rules import Rule, RuleSet
+from gatekeeper.verifier import Verifier
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "gateway"
@@ -167,8 +183,6 @@ class RawResponse:
         return next((value for key, value in self.headers if key == name), None)
 
     def json(self) -> Any:
-        import json
-
         return json.loads(self.body)
 
     def __repr__(self) -> str:
@@ -210,3 +224,152 @@ def _dechunk(data: bytes) -> bytes:
         out += data[:size]
         data = data[size + 2 :]
     return out
+
+
+# -- the forward-auth stack: upstream, gatekeeper, proxy ------------------------------------------
+
+
+RULES = RuleSet.build(
+    [Rule("/admin/**", scopes="admin"), Rule("/open/**", access="optional")],
+    exempt=["/public/**"],
+)
+DOWN = "https://down.example"
+
+
+class Stack:
+    """The upstream, gatekeeper's ForwardAuth (in-process uvicorn) and a proxy in front."""
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        profile: str,
+        proxy_kind: str,
+        proxy_cls: Any,
+        query_param: str | None = "bearer_token",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.profile = get_profile(profile)
+        self.records: list[RequestRecord] = []
+
+        def principal(claims: Any) -> Any:
+            return None if claims.subject == "nobody" else claims.subject
+
+        gate = Gate(verifier, rules=RULES, source=BearerSource.of(query_param), principal=principal)
+        app = ForwardAuth(
+            gate,
+            self.profile,
+            ForwardAuthSettings(proxy=proxy_kind),  # type: ignore[arg-type]
+            IdentityHeaders(),
+            self.records.append,
+            clock=clock or verifier._clock,
+        )
+        self.upstream = Upstream()
+        self.upstream.start()
+        self.gatekeeper = ServerThread(app).start()
+        try:
+            self.proxy = proxy_cls(f"127.0.0.1:{self.gatekeeper.port}", f"127.0.0.1:{self.upstream.port}")
+        except BaseException:
+            self.close_servers()
+            raise
+
+    def get(self, target: str | bytes, token: str | None = None, **kw: Any) -> RawResponse:
+        headers = list(kw.pop("headers", []))
+        if token is not None:
+            headers.append(("Authorization", f"Bearer {token}"))
+        return raw_request(self.proxy.port, target, headers, **kw)
+
+    def close_servers(self) -> None:
+        self.gatekeeper.stop()
+        self.upstream.stop()
+
+    def close(self) -> None:
+        self.proxy.stop()
+        self.close_servers()
+
+
+MakeStack = Callable[..., Stack]
+
+
+def verifier_for(dev_issuer: DevIssuer, clock: Clock) -> Verifier:
+    """The dev issuer's keys in memory, plus an issuer whose JWKS URL refuses connections
+    (its tokens get ``keys_unavailable``)."""
+    return Verifier(
+        issuers=[
+            Issuer(dev_issuer.issuer, jwks=dev_issuer.jwks(), audience="api"),
+            Issuer(DOWN, jwks_url=f"http://127.0.0.1:{free_port()}/jwks", audience="api"),
+        ],
+        clock=clock,
+    )
+
+
+def seen_headers(echo: dict[str, Any]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in echo["headers"]:
+        out.setdefault(name.lower(), []).append(value)
+    return out
+
+
+def request_for(kind: ErrorKind, dev_issuer: DevIssuer, clock: Clock) -> tuple[str, str | None]:
+    down = DevIssuer(DOWN, audience="api", algorithms=("ES256",), clock=clock)
+    return {
+        "missing_token": ("/items", None),
+        "invalid_request": (f"/items?bearer_token={dev_issuer.mint()}", dev_issuer.mint()),
+        "invalid_token": ("/items", "not-a.valid.token"),
+        "expired_token": ("/items", dev_issuer.mint(expires_in=-3600)),
+        "insufficient_scope": ("/admin/x", dev_issuer.mint(scope="read")),
+        "revoked_token": ("/items", dev_issuer.mint(subject="revoked-user")),
+        "unknown_principal": ("/items", dev_issuer.mint(subject="nobody")),
+        "keys_unavailable": ("/items", down.mint()),
+    }[kind]
+
+
+KINDS: list[ErrorKind] = [
+    "missing_token",
+    "invalid_request",
+    "invalid_token",
+    "expired_token",
+    "insufficient_scope",
+    "revoked_token",
+    "unknown_principal",
+    "keys_unavailable",
+]
+
+
+def expected(profile: TableProfile, kind: ErrorKind, response: RawResponse) -> Any:
+    """The profile's own rendering of this kind (with the description the response carries,
+    which the rfc6750 body shows and the others do not)."""
+    body = response.json()
+    description = body.get("error_description") if isinstance(body, dict) else None
+    scopes = ("admin",) if kind == "insufficient_scope" else ()
+    retry = 1 if kind == "keys_unavailable" else None
+    return profile.render(AuthError(kind, description, required_scopes=scopes, retry_after=retry))
+
+
+# -- path confusion shapes ----------------------------------------------------------------------
+
+REFUSED = [
+    "/admin%2Fx",
+    "/public/..%2Fadmin",
+    "/public/..%2fadmin/x",
+    "/public/%2e%2e/admin",
+    "/public/%2E%2E/admin",
+    "/public/.%2e/admin",
+    "/public/..%5Cadmin",
+    "/public\\..\\admin",
+    "/admin%00",
+    "/public/x%00/../../admin",
+    "/admin;x",
+    "/public;/../admin",
+    "/public/%252e%252e/admin",
+    "/../admin",
+    "/public/../../admin",
+    "/admin%ff",
+]
+LANDS_ON_ADMIN = [
+    ("/admin/../admin/x", "/admin/x"),
+    ("//admin/x", "/admin/x"),
+    ("/%61dmin/x", "/admin/x"),
+    ("/admin/./x", "/admin/x"),
+    ("/public/../admin/x", "/admin/x"),
+    ("/adm%69n//x/", "/admin/x/"),
+]

@@ -9,88 +9,25 @@ reaches the upstream, and every path-confusion shape is refused or lands on its 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from conftest import Clock
-from realproxies import Nginx, RawResponse, free_port, raw_request, require
-from upstream import ServerThread, Upstream
-
-from gatekeeper.bearer import BearerSource
-from gatekeeper.decision import Gate
-from gatekeeper.errors import AuthError, ErrorKind
-from gatekeeper.gateway.forward_auth import ForwardAuth, ForwardAuthSettings
-from gatekeeper.gateway.identity import IdentityHeaders
-from gatekeeper.gateway.record import RequestRecord
-from gatekeeper.issuer import DevIssuer
-from gatekeeper.policy import Issuer
-from gatekeeper.responses import TableProfile, get_profile
-from gatekeeper.rules import Rule, RuleSet
-from gatekeeper.verifier import Verifier
-
-RULES = RuleSet.build(
-    [Rule("/admin/**", scopes="admin"), Rule("/open/**", access="optional")],
-    exempt=["/public/**"],
+from realproxies import (
+    KINDS,
+    LANDS_ON_ADMIN,
+    REFUSED,
+    MakeStack,
+    Nginx,
+    Stack,
+    expected,
+    request_for,
+    require,
+    seen_headers,
+    verifier_for,
 )
-DOWN = "https://down.example"
 
-
-class Stack:
-    """The upstream, gatekeeper's ForwardAuth (in-process uvicorn) and a proxy in front."""
-
-    def __init__(self, verifier: Verifier, profile: str, proxy_kind: str, proxy_cls: Any) -> None:
-        self.profile = get_profile(profile)
-        self.records: list[RequestRecord] = []
-
-        def principal(claims: Any) -> Any:
-            return None if claims.subject == "nobody" else claims.subject
-
-        gate = Gate(verifier, rules=RULES, source=BearerSource.of("bearer_token"), principal=principal)
-        app = ForwardAuth(
-            gate,
-            self.profile,
-            ForwardAuthSettings(proxy=proxy_kind),  # type: ignore[arg-type]
-            IdentityHeaders(),
-            self.records.append,
-            clock=verifier._clock,
-        )
-        self.upstream = Upstream().start()
-        self.gatekeeper = ServerThread(app).start()
-        try:
-            self.proxy = proxy_cls(f"127.0.0.1:{self.gatekeeper.port}", f"127.0.0.1:{self.upstream.port}")
-        except BaseException:
-            self.close_servers()
-            raise
-
-    def get(self, target: str | bytes, token: str | None = None, **kw: Any) -> RawResponse:
-        headers = list(kw.pop("headers", []))
-        if token is not None:
-            headers.append(("Authorization", f"Bearer {token}"))
-        return raw_request(self.proxy.port, target, headers, **kw)
-
-    def close_servers(self) -> None:
-        self.gatekeeper.stop()
-        self.upstream.stop()
-
-    def close(self) -> None:
-        self.proxy.stop()
-        self.close_servers()
-
-
-MakeStack = Callable[[str], Stack]
-
-
-def verifier_for(dev_issuer: DevIssuer, clock: Clock) -> Verifier:
-    """The dev issuer's keys in memory, plus an issuer whose JWKS URL refuses connections
-    (its tokens get ``keys_unavailable``)."""
-    return Verifier(
-        issuers=[
-            Issuer(dev_issuer.issuer, jwks=dev_issuer.jwks(), audience="api"),
-            Issuer(DOWN, jwks_url=f"http://127.0.0.1:{free_port()}/jwks", audience="api"),
-        ],
-        clock=clock,
-    )
+from gatekeeper.issuer import DevIssuer
 
 
 @pytest.fixture
@@ -106,13 +43,6 @@ def make_stack(dev_issuer: DevIssuer, clock: Clock) -> Iterator[MakeStack]:
     yield make
     for stack in stacks:
         stack.close()
-
-
-def seen_headers(echo: dict[str, Any]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for name, value in echo["headers"]:
-        out.setdefault(name.lower(), []).append(value)
-    return out
 
 
 # -- allow -------------------------------------------------------------------------------------
@@ -185,42 +115,6 @@ def test_the_upstreams_own_401_passes_untouched(make_stack: MakeStack, dev_issue
 # -- every error kind, in the profile's exact shape -------------------------------------------
 
 
-def _request_for(kind: ErrorKind, dev_issuer: DevIssuer, clock: Clock) -> tuple[str, str | None]:
-    down = DevIssuer(DOWN, audience="api", algorithms=("ES256",), clock=clock)
-    return {
-        "missing_token": ("/items", None),
-        "invalid_request": (f"/items?bearer_token={dev_issuer.mint()}", dev_issuer.mint()),
-        "invalid_token": ("/items", "not-a.valid.token"),
-        "expired_token": ("/items", dev_issuer.mint(expires_in=-3600)),
-        "insufficient_scope": ("/admin/x", dev_issuer.mint(scope="read")),
-        "revoked_token": ("/items", dev_issuer.mint(subject="revoked-user")),
-        "unknown_principal": ("/items", dev_issuer.mint(subject="nobody")),
-        "keys_unavailable": ("/items", down.mint()),
-    }[kind]
-
-
-KINDS: list[ErrorKind] = [
-    "missing_token",
-    "invalid_request",
-    "invalid_token",
-    "expired_token",
-    "insufficient_scope",
-    "revoked_token",
-    "unknown_principal",
-    "keys_unavailable",
-]
-
-
-def expected(profile: TableProfile, kind: ErrorKind, response: RawResponse) -> Any:
-    """The profile's own rendering of this kind (with the description the response carries,
-    which the rfc6750 body shows and the others do not)."""
-    body = response.json()
-    description = body.get("error_description") if isinstance(body, dict) else None
-    scopes = ("admin",) if kind == "insufficient_scope" else ()
-    retry = 1 if kind == "keys_unavailable" else None
-    return profile.render(AuthError(kind, description, required_scopes=scopes, retry_after=retry))
-
-
 @pytest.mark.parametrize("profile", ["rfc6750", "addressfinder", "placewise"])
 def test_every_error_kind_reaches_the_client_in_the_profiles_shape(
     make_stack: MakeStack, dev_issuer: DevIssuer, clock: Clock, profile: str
@@ -228,7 +122,7 @@ def test_every_error_kind_reaches_the_client_in_the_profiles_shape(
     stack = make_stack(profile)
     stack.gatekeeper.app.gate.verifier.revoke(sub="revoked-user", before=clock.now + 1)
     for kind in KINDS:
-        target, token = _request_for(kind, dev_issuer, clock)
+        target, token = request_for(kind, dev_issuer, clock)
         response = stack.get(target, token)
         want = expected(stack.profile, kind, response)  # type: ignore[arg-type]
         assert response.status == want.status, (kind, response)
@@ -255,33 +149,6 @@ def test_named_provider_shapes(make_stack: MakeStack, dev_issuer: DevIssuer) -> 
 
 
 # -- path confusion ------------------------------------------------------------------------------
-
-REFUSED = [
-    "/admin%2Fx",
-    "/public/..%2Fadmin",
-    "/public/..%2fadmin/x",
-    "/public/%2e%2e/admin",
-    "/public/%2E%2E/admin",
-    "/public/.%2e/admin",
-    "/public/..%5Cadmin",
-    "/public\\..\\admin",
-    "/admin%00",
-    "/public/x%00/../../admin",
-    "/admin;x",
-    "/public;/../admin",
-    "/public/%252e%252e/admin",
-    "/../admin",
-    "/public/../../admin",
-    "/admin%ff",
-]
-LANDS_ON_ADMIN = [
-    ("/admin/../admin/x", "/admin/x"),
-    ("//admin/x", "/admin/x"),
-    ("/%61dmin/x", "/admin/x"),
-    ("/admin/./x", "/admin/x"),
-    ("/public/../admin/x", "/admin/x"),
-    ("/adm%69n//x/", "/admin/x/"),
-]
 
 
 @pytest.mark.parametrize("target", REFUSED)
