@@ -151,6 +151,9 @@ class Gateway:
             close = getattr(door, "aclose", None)
             if close is not None:
                 await close()
+        revocation = self.config.revocation
+        if hasattr(revocation, "runtime_for"):  # stop its store's follower (Redis)
+            await asyncio.to_thread(revocation.runtime_for(self.verifier).stop)
         await self.verifier.aclose()
         if self.access_log is not None:
             self.access_log.close()
