@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -252,3 +253,47 @@ def test_serve_prints_working_curl_commands_and_stops_on_sigterm(
     assert time.monotonic() - started < 5
     assert process.stderr is not None
     assert not JWT.search(process.stderr.read())
+
+
+# -- the gateway part ------------------------------------------------------------------------------
+
+GATEWAY_STEP = re.compile(
+    r"^\[g(\d+)/(\d+)\] (forward-auth|proxy): .*\n\s+GET .+?  -> (\d{3}) (.*)$", re.MULTILINE
+)
+
+
+def test_demo_runs_the_gateway_part(demo_run: subprocess.CompletedProcess[str]) -> None:
+    steps = GATEWAY_STEP.findall(demo_run.stdout)
+    assert len(steps) == 8
+    assert {door for _, _, door, _, _ in steps} == {"forward-auth", "proxy"}
+    assert all(result == "ok" for *_, result in steps)
+    assert "gateway: all 8 checks passed" in demo_run.stdout
+
+
+def test_gateway_part_in_process_checks_what_the_upstream_saw() -> None:
+    from gatekeeper import demo_gateway
+
+    out = io.StringIO()
+    assert demo_gateway.run(out) == 0
+    text = out.getvalue()
+    assert not JWT.search(text)
+    # The forged identity never reached the upstream, on a protected or an exempt route.
+    assert '"admin"' not in text
+    assert '"identity":{}' in text  # the exempt route: no client-chosen identity
+    assert '"query":"q=x"' in text  # the query token was removed from the upstream URL
+    assert text.count('"error_code":"1024"') == 3  # the profile's body, through nginx too
+
+
+def test_gateway_part_fails_when_a_check_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gatekeeper import demo_gateway
+
+    real = demo_gateway.steps
+
+    def wrong(tokens: Any, issuer: str) -> list[Any]:
+        first, *rest = real(tokens, issuer)
+        return [replace(first, status=299), *rest]
+
+    monkeypatch.setattr(demo_gateway, "steps", wrong)
+    out = io.StringIO()
+    assert demo_gateway.run(out) == 1
+    assert "gateway: FAILED 1 of 8 checks" in out.getvalue()
