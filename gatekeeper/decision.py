@@ -7,10 +7,17 @@ answers it with an :class:`Allow` or a :class:`Deny` (never by raising), the ver
 cache in front.
 
 :meth:`Gate.cached` is the hot path as a plain call: the claims of a request whose token the
-cache already holds, or None when the full :meth:`Gate.decide` must run. It reads the one
-``Authorization`` header and probes the cache with the token *before* checking its syntax: a
-cached token was well-formed when it was verified, and a malformed one is never in the cache,
-so the syntax check (and every other refusal) happens on the slow path only.
+cache already holds, or None when the full :meth:`Gate.decide` must run. It finds the one
+``Authorization`` header and looks its raw value up in a memo of the header values whose
+tokens verified: no syntax check, no decoding, no copy of the token, and no hash of it either.
+Hashing an 800-byte token is most of a dict lookup's cost, so the memo is keyed by the value's
+last bytes (the signature's, effectively random) and the whole value is then compared (a
+memcmp, several times cheaper than the hash). The token string it yields is the very object
+the verifier's cache holds, whose hash Python computed once, when it was cached.
+
+A value is remembered only after its token verified, so it was well-formed; a malformed or
+unknown value misses and goes to the slow path, which checks the syntax and refuses what is
+wrong.
 """
 
 from __future__ import annotations
@@ -30,10 +37,12 @@ from .verifier import Verifier
 #: raising ``AuthError("unknown_principal")``, rejects the request (Addressfinder's 1025).
 PrincipalHook = Callable[[Claims], Any]
 
-# The schemes the fast path recognises by prefix; any other spelling ("BEARER", extra
-# spaces) is still accepted, by the slow path's full parser.
-_FAST_PREFIXES: Final = (b"Bearer ", b"bearer ")
-_PREFIX_LEN: Final = 7
+#: How many header values :class:`Gate` remembers (as many as the verifier caches by default).
+MEMO_SIZE: Final = 10_000
+# How many trailing bytes of a header value key the memo: 96 bits of the signature. Equal
+# tails of different values only cost the later one the slow path (the whole value is
+# compared), never a wrong answer.
+_TAIL: Final = slice(-16, None)  # a constant: no slice object built per request
 
 
 @dataclass(slots=True)
@@ -65,9 +74,20 @@ class Gate:
 
     ``rules`` say which requests need a token and which scopes; ``source`` where tokens may
     come from; ``principal`` maps verified claims to the app's principal (sync or async).
+    ``memo_size`` bounds the memo of ``Authorization`` values whose tokens verified (each entry
+    holds the header value's bytes; the token string is shared with the verifier's cache).
     """
 
-    __slots__ = ("_query_names", "principal", "rules", "source", "verifier")
+    __slots__ = (
+        "_memo",
+        "_memo_size",
+        "_query_names",
+        "_verifier_cached",
+        "principal",
+        "rules",
+        "source",
+        "verifier",
+    )
 
     def __init__(
         self,
@@ -76,8 +96,14 @@ class Gate:
         rules: RuleSet,
         source: BearerSource,
         principal: PrincipalHook | None = None,
+        memo_size: int = MEMO_SIZE,
     ) -> None:
+        if memo_size < 0:
+            raise ValueError("memo_size must be >= 0")
         self.verifier = verifier
+        self._verifier_cached = verifier.cached
+        self._memo: dict[bytes, tuple[bytes, str]] = {}  # value's tail -> (value, token)
+        self._memo_size = memo_size
         self.rules = rules
         self.source = source
         self.principal = principal
@@ -107,21 +133,42 @@ class Gate:
         if rule.access == "exempt":
             return Allow(rule, None, None, False)
         token: str | None = None
+        raw: bytes | None = None
         try:
-            token, _ = self.source.find(headers, query_string)
+            token, raw = self.source.find(headers, query_string)
             if token is None and rule.access == "optional":
                 return Allow(rule, None, None, False)
             claims = self.verifier.cached(token) if token is not None else None
             cached = claims is not None
             if claims is None:
                 claims = await self.verifier.verify_async(token)
+            if raw is not None and token is not None:
+                self._remember(raw, token)
             check_scopes(rule, claims)
             principal = None
             if self.principal is not None:
                 principal = await resolve_principal(self.principal, claims)
         except AuthError as error:
+            if raw is not None:
+                self._forget(raw)
             return Deny(rule, error, token)
         return Allow(rule, claims, token, cached, principal)
+
+    def _remember(self, raw: bytes, token: str) -> None:
+        memo = self._memo
+        if not self._memo_size:
+            return
+        if len(memo) >= self._memo_size:
+            # Wholesale: a forgotten value costs one syntax check on its next request, and
+            # clearing is O(1) amortised with no bookkeeping on the hot path.
+            memo.clear()
+        memo[raw[_TAIL]] = (raw, token)
+
+    def _forget(self, raw: bytes) -> None:
+        # No longer good: free it now rather than at the next clear.
+        entry = self._memo.get(raw[_TAIL])
+        if entry is not None and entry[0] == raw:
+            del self._memo[raw[_TAIL]]
 
     def cached(
         self, rule: Rule, headers: Sequence[tuple[bytes, bytes]], query_string: bytes = b""
@@ -130,25 +177,29 @@ class Gate:
         token and the rule's scopes are there, else None (then :meth:`decide_rule` decides,
         and refuses what is wrong). The principal hook is not run here.
 
-        Only a request this could never refuse is answered: one lower-case ``Authorization``
-        header (any other header spelled like it sends the request to the slow path, which
-        refuses two), no token in the query, a cached token.
+        Only a request the slow path would allow is answered: one ``Authorization`` header,
+        whose value the slow path has seen verify, no token in the query, a token the
+        verifier's cache still holds.
         """
         found: bytes | None = None
         for name, value in headers:
-            if name == b"authorization":
+            # One length test per header; ASGI servers send lower-case names, a hand-built
+            # scope may not (and two headers in any spelling are for the slow path to refuse).
+            if len(name) == 13 and (name == b"authorization" or name.lower() == b"authorization"):
                 if found is not None:
                     return None
                 found = value
-            elif len(name) == 13 and name.lower() == b"authorization":
-                return None
-        if found is None or not found.startswith(_FAST_PREFIXES) or not self.source.header:
+        if found is None:
+            return None
+        entry = self._memo.get(found[_TAIL])
+        if entry is None or entry[0] != found:
             return None
         if self._query_names and query_string and self._query_may_carry_token(query_string):
             return None
-        # latin-1 maps every byte: a value that is not ASCII is not in the cache, and the
-        # slow path refuses it.
-        claims = self.verifier.cached(found[_PREFIX_LEN:].decode("latin-1"))
+        try:
+            claims = self._verifier_cached(entry[1])
+        except AuthError:
+            return None  # the slow path asks again and refuses
         if claims is None or (rule.wanted and not rule.satisfied_by(claims.scopes)):
             return None
         return claims

@@ -38,10 +38,10 @@ from .claims import Claims, ScopeMode
 from .decision import PrincipalHook, resolve_principal
 from .errors import AuthError
 from .middleware import (
-    SCOPE_KEY,
     GatekeeperState,
     TokenAuth,
     TokenUser,
+    middleware_state,
     to_starlette,
     verified_claims,
 )
@@ -139,9 +139,7 @@ class GatekeeperSecurity:
 
     async def __call__(self, request: Request, security_scopes: SecurityScopes, **_schemes: Any) -> Claims:
         scope = request.scope
-        state = scope.get(SCOPE_KEY)
-        if not isinstance(state, GatekeeperState):
-            state = None
+        state = middleware_state(scope)
         token: str | None = None
         try:
             if state is not None:

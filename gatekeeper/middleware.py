@@ -6,14 +6,19 @@ On success it follows Starlette's conventions: ``scope["auth"]`` is an ``AuthCre
 carrying the claims and scopes, and ``scope["user"]`` an authenticated user whose identity is
 ``sub``, so ``request.user``, ``request.auth`` and Starlette's ``requires()`` work unchanged.
 
-A request with a cached token allocates only those two small objects here: the state left for
-decorators is one object per middleware, and ``request.auth.scopes`` is built when first read.
+The hot path (a cached token, no principal hook) is a plain call that returns the app's own
+coroutine, so the middleware adds no coroutine of its own; it allocates one small object,
+which is both ``request.user`` and ``request.auth`` (a :class:`TokenUser` is a
+:class:`TokenAuth`). The state left for decorators is one object per middleware, and
+``request.auth.scopes`` is built when first read.
 """
 
 from __future__ import annotations
 
+import asyncio.coroutines
 import functools
 import inspect
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,10 +45,12 @@ SCOPE_KEY = "gatekeeper"
 class TokenAuth(AuthCredentials):
     """``request.auth``: Starlette's credentials (``scopes``, a sorted list) plus the claims."""
 
+    claims: Claims
+    _scopes: list[str] | None = None  # a class default: nothing to store per request
+
     def __init__(self, claims: Claims) -> None:
         # No super().__init__(): the scopes list is made when first read, not per request.
         self.claims = claims
-        self._scopes: list[str] | None = None
 
     @property
     def scopes(self) -> list[str]:
@@ -56,13 +63,23 @@ class TokenAuth(AuthCredentials):
         self._scopes = list(value)
 
 
-class TokenUser(BaseUser):
+class TokenUser(TokenAuth, BaseUser):
     """``request.user`` for a verified token: identity is ``sub``; ``principal`` is what the
-    principal hook returned (None without a hook)."""
+    principal hook returned (None without a hook).
+
+    It is a :class:`TokenAuth` too: the middleware's hot path sets one object as both
+    ``request.user`` and ``request.auth``, one allocation per request instead of two.
+    """
+
+    principal: Any = None
+    #: The middleware that verified the token (its error profile and token sources), for
+    #: ``requires_scopes``; see :func:`middleware_state`.
+    gatekeeper: GatekeeperState | None = None
 
     def __init__(self, claims: Claims, principal: Any = None) -> None:
         self.claims = claims
-        self.principal = principal
+        if principal is not None:
+            self.principal = principal
 
     @property
     def is_authenticated(self) -> bool:
@@ -75,6 +92,19 @@ class TokenUser(BaseUser):
     @property
     def identity(self) -> str:
         return self.claims.subject or ""
+
+
+def _mark_coroutine_function(func: Callable[..., Any]) -> None:
+    """Make a plain function that returns an awaitable pass for a coroutine function, as
+    ``inspect.markcoroutinefunction`` (3.12+) does, and as asgiref does on 3.11: uvicorn (and
+    others) tell ASGI 3 apps from ASGI 2 by ``asyncio.iscoroutinefunction(app.__call__)``."""
+    if sys.version_info >= (3, 12):
+        inspect.markcoroutinefunction(func)
+    else:
+        func._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+
+
+_new_user = object.__new__
 
 
 class AnonymousUser(BaseUser):
@@ -98,13 +128,35 @@ _ANONYMOUS = AnonymousUser()
 
 @dataclass(frozen=True, slots=True)
 class GatekeeperState:
-    """What the middleware leaves in ``scope["gatekeeper"]`` (the same object for every
-    request) when it has looked at a request: its error profile and where tokens come from
-    (to fingerprint the token when a decorator rejects the request). The verified claims are
-    ``request.auth.claims`` (see :func:`verified_claims`)."""
+    """What the middleware leaves for a request it has looked at (the same object for every
+    request): its error profile and where tokens come from (to fingerprint the token when a
+    decorator rejects the request). Read it with :func:`middleware_state`. The verified
+    claims are ``request.auth.claims`` (see :func:`verified_claims`)."""
 
     profile: ErrorProfile
     source: BearerSource
+
+
+def middleware_state(scope: Scope) -> GatekeeperState | None:
+    """The state of the middleware that looked at this request, None when none did.
+
+    It is ``scope["gatekeeper"]``, or on the hot path (where the middleware stores as little
+    as it can) an attribute of the user it set.
+    """
+    state = scope.get(SCOPE_KEY)
+    if state is None:
+        state = getattr(scope.get("user"), "gatekeeper", None)
+    return state if isinstance(state, GatekeeperState) else None
+
+
+def _user_class(state: GatekeeperState) -> type[TokenUser]:
+    # A TokenUser subclass per middleware, carrying its state as a class attribute: the hot
+    # path then stores nothing but the user in the scope.
+    class BoundTokenUser(TokenUser):
+        __slots__ = ()
+        gatekeeper = state
+
+    return BoundTokenUser
 
 
 def verified_claims(scope: Scope) -> Claims | None:
@@ -152,33 +204,45 @@ class GatekeeperMiddleware:
         self.principal = principal
         self.prefetch_keys = prefetch_keys
         self._state = GatekeeperState(self.profile, self.source)
+        self._user = _user_class(self._state)
         self.gate = Gate(verifier, rules=self.rules, source=self.source, principal=principal)
         # Per-middleware constants the hot path would otherwise recompute per request.
-        self._has_rules = bool(self.rules.rules)
-        self._default = self.rules.default
         self._fast = principal is None and self.source.header
+        default = self.rules.default
+        fast_default = self._fast and not self.rules.rules and default.access != "exempt"
+        self._fast_rule: Rule | None = default if fast_default else None
+        self._query = bool(self.source.query_params)
+        self._cached = self.gate.cached
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function returning the coroutine to await: on the hot path that is the app's
+        # own, so the middleware costs no coroutine frame of its own (marked below so that
+        # servers still see an ASGI 3 app).
         kind = scope["type"]
-        if kind != "http" and kind != "websocket":
-            if kind == "lifespan":
-                await self._lifespan(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
-            return
-        rule = self.rules.match_scope(scope) if self._has_rules else self._default
-        headers = scope.get("headers", ())
-        query = scope.get("query_string", b"")
-        if self._fast and rule.access != "exempt":
+        if kind == "http" or kind == "websocket":
+            rule = self._fast_rule  # set when no rules: the default applies to every request
+            if rule is None:
+                rule = self.rules.match_scope(scope)
+                if not self._fast or rule.access == "exempt":
+                    return self._decide(rule, scope, receive, send)
             # The hot path: a cached token, nothing to refuse, no principal hook to run.
-            claims = self.gate.cached(rule, headers, query)
+            claims = self._cached(
+                rule, scope.get("headers", ()), scope.get("query_string", b"") if self._query else b""
+            )
             if claims is not None:
-                scope["auth"] = TokenAuth(claims)
-                scope["user"] = TokenUser(claims)
-                scope[SCOPE_KEY] = self._state
-                await self.app(scope, receive, send)
-                return
-        decision = await self.gate.decide_rule(rule, headers, query)
+                user = _new_user(self._user)  # no __init__ frame: claims is all it needs
+                user.claims = claims
+                scope["user"] = scope["auth"] = user
+                return self.app(scope, receive, send)
+            return self._decide(rule, scope, receive, send)
+        if kind == "lifespan":
+            return self._lifespan(scope, receive, send)
+        return self.app(scope, receive, send)
+
+    _mark_coroutine_function(__call__)
+
+    async def _decide(self, rule: Rule, scope: Scope, receive: Receive, send: Send) -> None:
+        decision = await self.gate.decide_rule(rule, scope.get("headers", ()), scope.get("query_string", b""))
         if isinstance(decision, Deny):
             log_rejection(decision.error, scope, decision.token, self.source.query_params)
             await self._deny(decision.error, scope, receive, send)
@@ -197,8 +261,7 @@ class GatekeeperMiddleware:
             scope["auth"] = AuthCredentials()
             scope["user"] = _ANONYMOUS
         else:
-            scope["auth"] = TokenAuth(claims)
-            scope["user"] = TokenUser(claims, decision.principal)
+            scope["user"] = scope["auth"] = self._user(claims, decision.principal)
         scope[SCOPE_KEY] = self._state
         await self.app(scope, receive, send)
 
@@ -264,8 +327,8 @@ def requires_scopes(*scopes: str | Iterable[str], mode: ScopeMode = "all") -> Ca
         @functools.wraps(endpoint)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             conn = _connection(args, kwargs)
-            state = conn.scope.get(SCOPE_KEY)
-            if not isinstance(state, GatekeeperState):
+            state = middleware_state(conn.scope)
+            if state is None:
                 raise RuntimeError(
                     "requires_scopes() needs GatekeeperMiddleware in front of the app, "
                     "on a path it does not exempt"

@@ -230,10 +230,38 @@ def test_fast_path_answers_only_cached_tokens_with_the_scopes(
     assert claims.scopes == {"orders:read"}
     assert g.cached(orders, bearer(token)) is None  # lacks orders:write: the slow path refuses
     assert g.cached(RULES.default, []) is None
-    # Other spellings of the scheme are left to the full parser, which accepts them.
+    # A header value is answered only once the full parser has read it: another spelling of
+    # the scheme goes the slow way first (where the verifier's cache answers), then fast.
     upper = [(b"authorization", f"BEARER {token}".encode())]
     assert g.cached(RULES.default, upper) is None
     assert allowed(decide(g, "GET", "/x", upper)).cached is True
+    assert g.cached(RULES.default, upper) is claims
+    # Another Gate on the same verifier has not read these headers yet.
+    assert gate(verifier).cached(RULES.default, bearer(token)) is None
+
+
+def test_memo_is_bounded(verifier: Verifier, dev_issuer: DevIssuer) -> None:
+    g = Gate(verifier, rules=RULES, source=BearerSource.of(), memo_size=2)
+    tokens = [dev_issuer.mint() for _ in range(3)]
+    for token in tokens:
+        allowed(decide(g, "GET", "/x", bearer(token)))
+    # The third value cleared the memo: the first two go the slow way again, and still pass.
+    assert [g.cached(RULES.default, bearer(t)) is not None for t in tokens] == [False, False, True]
+    assert allowed(decide(g, "GET", "/x", bearer(tokens[0]))).cached is True
+    off = Gate(verifier, rules=RULES, source=BearerSource.of(), memo_size=0)
+    assert allowed(decide(off, "GET", "/x", bearer(tokens[0]))).cached is True
+    assert off.cached(RULES.default, bearer(tokens[0])) is None
+    with pytest.raises(ValueError, match="memo_size"):
+        Gate(verifier, rules=RULES, source=BearerSource.of(), memo_size=-1)
+
+
+def test_header_source_off_means_no_fast_path(verifier: Verifier, dev_issuer: DevIssuer) -> None:
+    g = Gate(verifier, rules=RULES, source=BearerSource.of("bearer_token", header=False))
+    token = dev_issuer.mint()
+    denied(decide(g, "GET", "/x", bearer(token)), "missing_token")
+    assert g.cached(RULES.default, bearer(token)) is None
+    allowed(decide(g, "GET", "/x", [], f"bearer_token={token}".encode()))
+    assert g.cached(RULES.default, bearer(token)) is None
 
 
 def test_fast_path_stops_at_expiry(verifier: Verifier, dev_issuer: DevIssuer, clock: Clock) -> None:
@@ -294,3 +322,33 @@ def test_decisions_never_show_the_token(verifier: Verifier, dev_issuer: DevIssue
         assert result.token == token
         assert token not in repr(result)
         assert token.split(".")[2] not in str(result)
+
+
+def test_values_sharing_a_tail_never_share_an_answer(verifier: Verifier, dev_issuer: DevIssuer) -> None:
+    # The memo is keyed by a value's last bytes; the whole value must match.
+    g = gate(verifier)
+    token = dev_issuer.mint(subject="alice", scope="orders:read orders:write")
+    allowed(decide(g, "GET", "/x", bearer(token)))
+    head, _, signature = token.partition(".")
+    forged_head = head[:-2] + ("AA" if head[-2:] != "AA" else "BB")
+    forged = f"{forged_head}.{signature}"  # same tail, different token
+    assert forged[-16:] == token[-16:]
+    assert g.cached(RULES.default, bearer(forged)) is None
+    denied(decide(g, "GET", "/x", bearer(forged)), "invalid_token")
+    assert g.cached(RULES.default, bearer(token)) is not None  # the refusal did not evict it
+    # Two spellings of one token: same tail, both answered correctly, whichever is remembered.
+    lower = [(b"authorization", f"bearer {token}".encode())]
+    allowed(decide(g, "GET", "/x", lower))
+    assert g.cached(RULES.default, lower) is not None
+    assert g.cached(RULES.default, bearer(token)) is None  # displaced: the slow path again
+    assert allowed(decide(g, "GET", "/x", bearer(token))).claims == g.cached(RULES.default, bearer(token))
+
+
+def test_a_refused_value_is_forgotten(verifier: Verifier, dev_issuer: DevIssuer, clock: Clock) -> None:
+    g = gate(verifier)
+    token = dev_issuer.mint(expires_in=60)
+    allowed(decide(g, "GET", "/x", bearer(token)))
+    assert len(g._memo) == 1
+    clock.advance(100)
+    denied(decide(g, "GET", "/x", bearer(token)), "expired_token")
+    assert len(g._memo) == 0

@@ -303,6 +303,23 @@ async def test_reuses_the_middleware_verification(
 
 
 @pytest.mark.anyio
+async def test_behind_the_middleware_on_its_hot_path(server: IssuerServer, verifier: Verifier) -> None:
+    # A token the middleware has seen takes its hot path (no scope["gatekeeper"] stored): the
+    # dependency must still find the middleware, its claims and its profile.
+    app = GatekeeperMiddleware(build(GatekeeperSecurity()), verifier=verifier, errors="placewise")
+    reader = server.issuer.mint(scope="read")
+    answers = [await call(app, "/plots", token=reader) for _ in range(2)]
+    denials = [await call(app, "/plots", method="POST", token=reader) for _ in range(2)]
+    header = [(b"authorization", f"Bearer {reader}".encode())]
+    assert app.gate.cached(app.rules.default, header) is not None  # the hot path answered
+    for response in answers:
+        assert (response.status_code, response.json()) == (answers[0].status_code, answers[0].json())
+        assert response.status_code == 200
+    for response in denials:
+        assert (response.status_code, response.json()) == (460, {"error": "Member not authorized"})
+
+
+@pytest.mark.anyio
 async def test_behind_the_middleware_without_a_verifier(server: IssuerServer, verifier: Verifier) -> None:
     gk = GatekeeperSecurity(errors="addressfinder")
     inner = build(gk)

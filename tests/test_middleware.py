@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.authentication import AuthCredentials, requires
+from starlette.authentication import AuthCredentials, BaseUser, requires
 from starlette.endpoints import HTTPEndpoint
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -540,6 +540,62 @@ def test_token_user_identity() -> None:
         "abc",
         "p",
     )
+
+
+@pytest.mark.anyio
+async def test_cached_requests_each_get_their_own_user_and_auth(
+    server: IssuerServer, verifier: Verifier
+) -> None:
+    seen: list[tuple[Any, Any]] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append((scope["user"], scope["auth"]))
+        scope["auth"].scopes.append("added-by-app")  # must not leak into the next request
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    app = GatekeeperMiddleware(inner, verifier=verifier)
+    token = server.issuer.mint(subject="u1", scope="read")
+    for _ in range(3):
+        assert (await call(app, "/x", headers=bearer(token))).status_code == 200
+    # The second and third requests took the hot path.
+    assert app.gate.cached(app.rules.default, [(b"authorization", f"Bearer {token}".encode())]) is not None
+    assert len({id(user) for user, _ in seen}) == 3
+    for user, auth in seen:
+        assert user is auth  # one object serves as both
+        assert isinstance(user, TokenUser)
+        assert isinstance(user, BaseUser)
+        assert isinstance(auth, TokenAuth)
+        assert isinstance(auth, AuthCredentials)
+        assert (user.is_authenticated, user.identity, user.principal) == (True, "u1", None)
+        assert auth.claims["sub"] == "u1"
+        assert auth.scopes == ["read", "added-by-app"]
+
+
+@pytest.mark.anyio
+async def test_requires_scopes_on_the_hot_path(server: IssuerServer, verifier: Verifier) -> None:
+    # The first request with a token takes the slow path, the next ones the hot path (which
+    # stores no scope["gatekeeper"]): the decorator answers both the same way.
+    app = make_app(verifier, errors="placepoint")
+    writer, reader = server.issuer.mint(scope="write"), server.issuer.mint(scope="read")
+    allowed = [await call(app, "/scoped", headers=bearer(writer)) for _ in range(3)]
+    refused = [await call(app, "/scoped", headers=bearer(reader)) for _ in range(3)]
+    assert app.gate.cached(app.rules.default, [(b"authorization", f"Bearer {reader}".encode())]) is not None
+    assert [(r.status_code, r.text) for r in allowed] == [(200, "write ok")] * 3
+    first = refused[0]
+    assert first.status_code == 401  # Placepoint has no 403
+    for response in refused:
+        assert (response.status_code, response.content) == (first.status_code, first.content)
+        assert response.headers.get("www-authenticate") == first.headers.get("www-authenticate")
+
+
+def test_uvicorn_serves_it_as_an_asgi3_app(dev_issuer: DevIssuer) -> None:
+    # __call__ is a plain function returning the coroutine to await; uvicorn must still tell
+    # it from an ASGI 2 app (which it would call with the scope alone).
+    uvicorn = pytest.importorskip("uvicorn")
+    verifier = Verifier(dev_issuer.issuer, jwks=dev_issuer.jwks(), audience="api")
+    config = uvicorn.Config(GatekeeperMiddleware(Starlette(), verifier=verifier))
+    config.load()
+    assert config.interface == "asgi3"
 
 
 # -- every profile, every kind ---------------------------------------------------------------------
