@@ -18,6 +18,13 @@ What it measures, with realistic RS256 access tokens (~825 characters, RFC 9068 
 The flood uses distinct token-shaped strings with a shared claims object: the cache does not
 verify, and signing 1M tokens would take minutes.
 
+- revocation on the hot path: a cached ``Verifier.verify`` with an empty revocation list, next to
+  the same call with 100,000 entries in the list (a third each by jti, subject and client, one of
+  them naming this token's subject with a ``before`` older than its ``iat``, so it is looked at and
+  found not to apply); the added time and the ratio, against the 0.2 µs target. Also the one-off
+  re-check a cached token pays after the list changed (the full lookup), and the list's memory
+  per entry (what its ``max_entries`` bound costs).
+
 Run it from the repository root::
 
     python benchmarks/hot_path.py            # full run: ~35 s of CPU (more wall time on a busy machine)
@@ -60,10 +67,15 @@ from gatekeeper.claims import Claims, normalise_scopes
 from gatekeeper.issuer import DevIssuer
 from gatekeeper.jws import loads_object, parse_compact
 from gatekeeper.keys import VerificationKey, import_jwk
+from gatekeeper.revocation import Revocation, Revocations, enforce
+from gatekeeper.verifier import Verifier
 
 TIMING_HEADER = "## Verified-token cache: time per operation"
 MEMORY_HEADER = "## Verified-token cache: memory per entry"
 FLOOD_HEADER = "## Verified-token cache: flood of distinct tokens"
+REVOCATION_HEADER = "## Revocation on the hot path"
+REVOCATION_ENTRIES = 100_000
+REVOCATION_TARGET_NS = 200.0
 
 DEFAULT_MAXSIZE = TokenCache().maxsize
 HOT_SET = 100
@@ -441,6 +453,123 @@ def run_flood(fx: Fixture, count: int, entry: EntryMemory) -> str:
     )
 
 
+# -- revocation ------------------------------------------------------------------------------------
+
+
+def revocation_list(claims: Claims, count: int) -> Revocations:
+    """``count`` entries, a third per kind, none revoking ``claims`` (one names its subject)."""
+    revocations = Revocations(max_entries=count + 1)
+    until = time.time() + 3600
+    issuer = claims.issuer
+    entries = [Revocation("sub", claims["sub"], issuer, until, before=float(claims["iat"]) - 100)]
+    for i in range(count - 1):
+        kind = ("jti", "sub", "client_id")[i % 3]
+        if kind == "jti":
+            entries.append(Revocation("jti", f"jti-{i}", issuer, until))
+        else:
+            entries.append(
+                Revocation(kind, f"{kind}-{i}", None if i % 2 else issuer, until, before=until - 7200)
+            )
+    revocations.replace_all(entries)
+    return revocations
+
+
+def _list_bytes(claims: Claims, count: int) -> float:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        revocations = revocation_list(claims, count)
+        used = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert len(revocations) == count
+    return used / count
+
+
+def run_revocation(repeats: int, n: int, entries: int) -> str:
+    """Cached verify with an empty list vs ``entries`` entries, interleaved, in one run."""
+    issuer = DevIssuer(algorithms=("ES256",))
+    token = realistic_token(issuer, "ES256")
+    empty = Verifier(issuer.issuer, jwks=issuer.jwks(), audience=issuer.audience)
+    claims = empty.verify(token)
+    full_list = revocation_list(claims, entries)
+    full = Verifier(issuer.issuer, jwks=issuer.jwks(), audience=issuer.audience, revocations=full_list)
+    full_claims = full.verify(token)
+    assert full.verify(token) is full_claims  # a cache hit, not revoked
+    tokens = [token] * n
+    samples: dict[str, list[float]] = {"empty": [], "full": [], "recheck": [], "noop": []}
+
+    def recheck() -> None:
+        for _ in tokens:
+            enforce(full_list, full_claims)
+
+    def noop() -> None:
+        for item in tokens:
+            _noop(item, 0.0)
+
+    def verify_loop(verify: Callable[[str], object]) -> Callable[[], None]:
+        def loop() -> None:
+            for item in tokens:
+                verify(item)
+
+        return loop
+
+    cases: dict[str, Callable[[], None]] = {
+        "empty": verify_loop(empty.verify),
+        "full": verify_loop(full.verify),
+        "recheck": recheck,
+        "noop": noop,
+    }
+    for case in cases.values():
+        case()  # warm up (first calls pay for lazy set-up), untimed
+    rng = random.Random(11)
+    for _ in range(repeats):
+        order = list(cases)
+        rng.shuffle(order)
+        for name in order:
+            samples[name].append(_timed(cases[name], n))
+    none_ns, full_ns = median(samples["empty"]), median(samples["full"])
+    added = full_ns - none_ns
+    per_entry = _list_bytes(claims, entries)
+    verdict = "PASS" if added <= REVOCATION_TARGET_NS else "MISS"
+    rows = [
+        ["cached verify, empty list", fmt_ns(none_ns), "1.00x", "the reference (nothing revoked)"],
+        [
+            f"cached verify, {entries:,} entries",
+            fmt_ns(full_ns),
+            f"{full_ns / none_ns:.2f}x",
+            "list unchanged since the claims were checked: one generation comparison",
+        ],
+        [
+            "added by the list",
+            fmt_ns(added),
+            "",
+            f"target <= {fmt_ns(REVOCATION_TARGET_NS)}: {verdict}",
+        ],
+        [
+            "re-check after a change",
+            fmt_ns(median(samples["recheck"]) - median(samples["noop"])),
+            "",
+            "once per cached token after each change: the jti/sub/client_id lookups",
+        ],
+        [
+            "list memory per entry",
+            fmt_bytes(per_entry),
+            "",
+            f"{fmt_bytes(per_entry * entries)} for {entries:,}; bounded by max_entries",
+        ],
+    ]
+    return "\n".join(
+        [
+            f"{REVOCATION_HEADER}: cached verify, empty list vs {entries:,} entries",
+            f"(median of {repeats} interleaved repeats x {n:,} calls, same str object, ES256 token; GC off)",
+            "",
+            table(["case", "median per call", "ratio", "notes"], rows),
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a few-second smoke run")
@@ -458,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     memory_text, per_entry = run_memory(fx, DEFAULT_MAXSIZE)
     print(memory_text, end="\n\n", flush=True)
     print(run_flood(fx, flood_count, per_entry), end="\n\n", flush=True)
+    entries = 3_000 if args.quick else REVOCATION_ENTRIES
+    print(run_revocation(repeats, ops, entries), end="\n\n", flush=True)
     # CPU time too: on a shared machine the wall time mostly says how busy the neighbours were.
     print(f"total {time.perf_counter() - started:.1f} s ({time.process_time() - cpu_started:.1f} s CPU)")
     return 0

@@ -4,7 +4,7 @@
 
     [revocation]
     store = "redis"               # "memory" (default): this process only; "redis": shared
-    max_entries = 250000          # the bound on the list (see gatekeeper.revocation)
+    max_entries = 100000          # the bound on the list (see gatekeeper.revocation)
     admin = true                  # POST/GET/DELETE /revocations on the ops listener
     admin_token = "auto"          # "auto": required when the ops listener is not loopback;
                                   # "always"; "never" (only for a loopback listener)
