@@ -350,7 +350,11 @@ def run(out: TextIO, port: int = 0) -> int:
     from . import demo_gateway  # the same verifier as a gateway: forward-auth and the proxy
 
     with quiet_http_logs():
-        return demo_gateway.run(out)
+        status = demo_gateway.run(out)
+    from . import demo_client  # the other half: a worker getting tokens with client credentials
+
+    with quiet_http_logs():
+        return demo_client.run(out) or status
 
 
 def serve(out: TextIO, port: int = 0) -> int:
