@@ -373,3 +373,102 @@ LANDS_ON_ADMIN = [
     ("/public/../admin/x", "/admin/x"),
     ("/adm%69n//x/", "/admin/x/"),
 ]
+
+
+# -- `gatekeeper serve` with a shipped config behind a real proxy ----------------------------------
+
+_TOML_VALUE = r'("[^"]*"|\[[^\]]*\]|[0-9]+)'
+
+
+def shipped_config(path: Path, **values: str) -> str:
+    """A shipped example toml with some of its ``key = value`` lines replaced (each key must
+    occur exactly once), braces escaped for :class:`GatewayProcess`'s ``str.format``, and
+    ``listen``/``ops_listen``/``access_log`` pointed at its ``{listen}``/``{ops}``/``{access_log}``.
+    ``values`` are TOML literals (``'"https://..."'``)."""
+    text = path.read_text().replace("{", "{{").replace("}", "}}")
+    values = {"listen": '"{listen}"', "ops_listen": '"{ops}"', "access_log": '"{access_log}"', **values}
+    for key, value in values.items():
+        pattern = re.compile(rf"^({re.escape(key)}\s*=\s*){_TOML_VALUE}", re.MULTILINE)
+        text, count = pattern.subn(lambda m, v=value: m.group(1) + v, text)  # type: ignore[misc]
+        if count != 1:
+            raise ValueError(f"{path.name}: {key} occurs {count} times")
+    return text
+
+
+class ServeStack:
+    """A real JWKS server (wall-clock issuer), ``gatekeeper serve`` running a shipped example
+    config pointed at it, the echo upstream, and nginx or Caddy from their shipped configs.
+
+    A second issuer, whose JWKS URL refuses connections, is appended to the config: its tokens
+    get ``keys_unavailable``.
+    """
+
+    def __init__(self, toml: str, proxy_cls: Any, tmp_path: Path, **values: str) -> None:
+        from gateway_process import GatewayProcess
+
+        from gatekeeper.devserver import IssuerServer
+
+        self.issuer_server = IssuerServer()
+        self.issuer_server.issuer = DevIssuer(self.issuer_server.url, algorithms=("ES256",), audience="api")
+        self.issuer_server.start()
+        self.issuer = self.issuer_server.issuer
+        self.down = DevIssuer(DOWN, algorithms=("ES256",), audience="api")
+        text = shipped_config(
+            EXAMPLES / toml,
+            issuer=f'"{self.issuer_server.url}"',
+            audience='"api"',
+            jwks_url=f'"{self.issuer_server.jwks_url}"',
+            algorithms='["ES256"]',
+            **values,
+        )
+        text += (
+            f'\n[[issuers]]\nissuer = "{DOWN}"\naudience = "api"\n'
+            f'jwks_url = "http://127.0.0.1:{free_port()}/jwks"\nalgorithms = ["ES256"]\n'
+        )
+        self.upstream = Upstream()
+        self.upstream.start()
+        self.gatekeeper: Any = None
+        self.proxy: Any = None
+        try:
+            self.gatekeeper = GatewayProcess(text, tmp_path)
+            self.proxy = proxy_cls(f"127.0.0.1:{self.gatekeeper.port}", f"127.0.0.1:{self.upstream.port}")
+        except BaseException:
+            self.close()
+            raise
+
+    def get(self, target: str | bytes, token: str | None = None, **kw: Any) -> RawResponse:
+        headers = list(kw.pop("headers", []))
+        if token is not None:
+            headers.append(("Authorization", f"Bearer {token}"))
+        return raw_request(self.proxy.port, target, headers, **kw)
+
+    def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
+        self.upstream.stop()
+        self.issuer_server.stop()
+
+
+#: The kinds a shipped config can produce (no principal hook or revocation in it).
+SERVE_KINDS: list[ErrorKind] = [
+    "missing_token",
+    "invalid_request",
+    "invalid_token",
+    "expired_token",
+    "insufficient_scope",
+    "keys_unavailable",
+]
+
+
+def serve_request_for(kind: ErrorKind, stack: ServeStack) -> tuple[str, str | None]:
+    """A request through ``stack`` that gatekeeper refuses with ``kind``: (target, token)."""
+    return {
+        "missing_token": ("/items", None),
+        "invalid_request": ("/items", "two words"),  # not a b64token: a malformed header
+        "invalid_token": ("/items", "not-a.valid.token"),
+        "expired_token": ("/items", stack.issuer.mint(expires_in=-3600)),
+        "insufficient_scope": ("/admin/x", stack.issuer.mint(scope="read")),
+        "keys_unavailable": ("/items", stack.down.mint()),
+    }[kind]

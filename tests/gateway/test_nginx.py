@@ -1,15 +1,19 @@
 """Forward-auth through a real nginx (Debian's) started from the shipped
 examples/gateway/nginx.conf: client -> nginx -> (auth_request) gatekeeper -> the echo upstream.
 
-Every error kind reaches the client in the profile's exact shape (through the 401/403 +
+Mostly against ``gatekeeper serve --config examples/gateway/nginx-forward-auth.toml`` (a real
+process, pointed at a real JWKS server): valid tokens reach the upstream with identity headers,
+each error kind reaches the client in the profile's exact shape (through the 401/403 +
 ``/auth/render`` protocol), identity headers are gatekeeper's alone, the query token never
-reaches the upstream, and every path-confusion shape is refused or lands on its rule.
+reaches the upstream, every path-confusion shape is refused or lands on its rule. The kinds a
+config file cannot produce (an unknown principal, a revoked token) are checked with the
+ForwardAuth app in process behind the same nginx.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import Clock
@@ -17,42 +21,68 @@ from realproxies import (
     KINDS,
     LANDS_ON_ADMIN,
     REFUSED,
+    SERVE_KINDS,
     MakeStack,
     Nginx,
+    ServeStack,
     Stack,
     expected,
     request_for,
     require,
     seen_headers,
+    serve_request_for,
     verifier_for,
 )
 
 from gatekeeper.issuer import DevIssuer
+from gatekeeper.responses import get_profile
+
+Stacks = Callable[..., ServeStack]
+
+
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stacks]:
+    """One serve stack per error profile, shared by the module's tests."""
+    require("nginx")
+    made: dict[str, ServeStack] = {}
+
+    def get(profile: str = "rfc6750") -> ServeStack:
+        if profile not in made:
+            made[profile] = ServeStack(
+                "nginx-forward-auth.toml",
+                Nginx,
+                tmp_path_factory.mktemp(profile),
+                error_profile=f'"{profile}"',
+            )
+        return made[profile]
+
+    yield get
+    for stack in made.values():
+        stack.close()
 
 
 @pytest.fixture
 def make_stack(dev_issuer: DevIssuer, clock: Clock) -> Iterator[MakeStack]:
+    """ForwardAuth in process (with a principal hook and a revocable verifier) behind nginx."""
     require("nginx")
-    stacks: list[Stack] = []
+    made: list[Stack] = []
 
     def make(profile: str = "rfc6750") -> Stack:
         stack = Stack(verifier_for(dev_issuer, clock), profile, "nginx", Nginx)
-        stacks.append(stack)
+        made.append(stack)
         return stack
 
     yield make
-    for stack in stacks:
+    for stack in made:
         stack.close()
 
 
 # -- allow -------------------------------------------------------------------------------------
 
 
-def test_valid_token_reaches_the_upstream_with_identity_headers(
-    make_stack: MakeStack, dev_issuer: DevIssuer
-) -> None:
-    stack = make_stack()
-    token = dev_issuer.mint(subject="alice", scope="read admin", claims={"client_id": "app-1"})
+def test_valid_token_reaches_the_upstream_with_identity_headers(stacks: Stacks) -> None:
+    stack = stacks()
+    token = stack.issuer.mint(subject="alice", scope="read admin", claims={"client_id": "app-1"})
     response = stack.get("/admin//items/./1?a=1&b=%20x", token)
     assert response.status == 200, response
     echo = response.json()
@@ -62,14 +92,15 @@ def test_valid_token_reaches_the_upstream_with_identity_headers(
     assert headers["x-auth-subject"] == ["alice"]
     assert headers["x-auth-client-id"] == ["app-1"]
     assert headers["x-auth-scopes"] == ["admin read"]
-    assert headers["x-auth-issuer"] == [dev_issuer.issuer]
+    assert headers["x-auth-issuer"] == [stack.issuer.issuer]
     assert "authorization" not in headers  # the token goes no further
     assert "x-gatekeeper-uri" not in headers
+    assert "x-gatekeeper-path" not in headers
 
 
-def test_a_query_token_never_reaches_the_upstream(make_stack: MakeStack, dev_issuer: DevIssuer) -> None:
-    stack = make_stack()
-    token = dev_issuer.mint(subject="alice")
+def test_a_query_token_never_reaches_the_upstream(stacks: Stacks) -> None:
+    stack = stacks()
+    token = stack.issuer.mint(subject="alice")
     response = stack.get(f"/items?x=1&bearer_token={token}&y=2")
     assert response.status == 200, response
     echo = response.json()
@@ -79,10 +110,8 @@ def test_a_query_token_never_reaches_the_upstream(make_stack: MakeStack, dev_iss
     assert (only["path"], only["query"]) == ("/items", "")
 
 
-def test_client_identity_headers_never_reach_the_upstream(
-    make_stack: MakeStack, dev_issuer: DevIssuer
-) -> None:
-    stack = make_stack()
+def test_client_identity_headers_never_reach_the_upstream(stacks: Stacks) -> None:
+    stack = stacks()
     forged = [
         ("X-Auth-Subject", "admin"),
         ("x-auth-subject", "admin2"),
@@ -90,23 +119,25 @@ def test_client_identity_headers_never_reach_the_upstream(
         ("X-AUTH-SCOPES", "admin"),
         ("X-Gatekeeper-Uri", "/admin"),
     ]
-    protected = stack.get("/items", dev_issuer.mint(subject="alice"), headers=forged).json()
+    token = stack.issuer.mint(subject="alice", claims={"client_id": None})
+    protected = stack.get("/items", token, headers=forged).json()
     headers = seen_headers(protected)
     assert headers["x-auth-subject"] == ["alice"]
+    assert "x-auth-client-id" not in headers  # the token has none; nginx sends no empty header
     assert "x_auth_subject" not in headers
     assert "x-gatekeeper-uri" not in headers
     assert protected["path"] == "/items"
     # exempt and optional routes forward no client-chosen identity either
-    for target in ("/public/x", "/open/x"):
+    for target in ("/health", "/public/x"):
         response = stack.get(target, headers=forged)
         assert response.status == 200, response
         headers = seen_headers(response.json())
         assert not [name for name in headers if name.replace("_", "-").startswith("x-auth-")], headers
 
 
-def test_the_upstreams_own_401_passes_untouched(make_stack: MakeStack, dev_issuer: DevIssuer) -> None:
-    stack = make_stack("placewise")
-    response = stack.get("/items/status?code=401", dev_issuer.mint())
+def test_the_upstreams_own_401_passes_untouched(stacks: Stacks) -> None:
+    stack = stacks("placewise")
+    response = stack.get("/items/status?code=401", stack.issuer.mint())
     assert response.status == 401
     assert response.json() == {"upstream": 401}
     assert response.header("www-authenticate") == 'Bearer realm="upstream"'
@@ -116,7 +147,39 @@ def test_the_upstreams_own_401_passes_untouched(make_stack: MakeStack, dev_issue
 
 
 @pytest.mark.parametrize("profile", ["rfc6750", "addressfinder", "placewise"])
-def test_every_error_kind_reaches_the_client_in_the_profiles_shape(
+def test_every_error_kind_reaches_the_client_in_the_profiles_shape(stacks: Stacks, profile: str) -> None:
+    stack = stacks(profile)
+    seen_before = len(stack.upstream.seen)
+    for kind in SERVE_KINDS:
+        target, token = serve_request_for(kind, stack)
+        response = stack.get(target, token)
+        want = expected(get_profile(profile), kind, response)  # type: ignore[arg-type]
+        assert response.status == want.status, (kind, response)
+        assert response.json() == json.loads(want.body), kind
+        for name in ("www-authenticate", "content-type"):
+            assert response.header(name) == want.header(name), (kind, name, response)
+        if kind == "keys_unavailable":
+            assert response.header("retry-after") is not None
+        assert response.header("cache-control") == "no-store"
+        assert "x-gatekeeper-status" not in dict(response.headers)
+    assert len(stack.upstream.seen) == seen_before  # no refusal reached the upstream
+
+
+def test_named_provider_shapes(stacks: Stacks) -> None:
+    af_stack = stacks("addressfinder")
+    af = af_stack.get("/items", af_stack.issuer.mint(expires_in=-3600))
+    assert (af.status, af.json()["error_code"]) == (400, "1024")
+    pw_stack = stacks("placewise")
+    pw = pw_stack.get("/items", pw_stack.issuer.mint(expires_in=-3600))
+    assert (pw.status, pw.json()) == (460, {"error": "Member not authorized"})
+    rfc_stack = stacks("rfc6750")
+    rfc = rfc_stack.get("/items", rfc_stack.issuer.mint(expires_in=-3600))
+    assert rfc.status == 401
+    assert str(rfc.header("www-authenticate")).startswith('Bearer realm="api", error="invalid_token"')
+
+
+@pytest.mark.parametrize("profile", ["rfc6750", "addressfinder", "placewise"])
+def test_principal_and_revocation_kinds_in_process(
     make_stack: MakeStack, dev_issuer: DevIssuer, clock: Clock, profile: str
 ) -> None:
     stack = make_stack(profile)
@@ -127,47 +190,32 @@ def test_every_error_kind_reaches_the_client_in_the_profiles_shape(
         want = expected(stack.profile, kind, response)  # type: ignore[arg-type]
         assert response.status == want.status, (kind, response)
         assert response.json() == json.loads(want.body), kind
-        for name in ("www-authenticate", "content-type"):
-            assert response.header(name) == want.header(name), (kind, name, response)
-        if kind == "keys_unavailable":
-            assert response.header("retry-after") is not None
-        assert response.header("cache-control") == "no-store"
-        assert "x-gatekeeper-status" not in dict(response.headers)
-    assert stack.upstream.seen == []  # no refusal reached the upstream
+        assert response.header("www-authenticate") == want.header("www-authenticate"), kind
+    assert stack.upstream.seen == []
     assert [r.error_kind for r in stack.records] == KINDS
-
-
-def test_named_provider_shapes(make_stack: MakeStack, dev_issuer: DevIssuer) -> None:
-    expired = dev_issuer.mint(expires_in=-3600)
-    af = make_stack("addressfinder").get("/items", expired)
-    assert (af.status, af.json()["error_code"]) == (400, "1024")
-    pw = make_stack("placewise").get("/items", expired)
-    assert (pw.status, pw.json()) == (460, {"error": "Member not authorized"})
-    rfc = make_stack("rfc6750").get("/items", expired)
-    assert rfc.status == 401
-    assert str(rfc.header("www-authenticate")).startswith('Bearer realm="api", error="invalid_token"')
 
 
 # -- path confusion ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("target", REFUSED)
-def test_ambiguous_paths_are_refused(make_stack: MakeStack, dev_issuer: DevIssuer, target: str) -> None:
-    stack = make_stack()
-    response = stack.get(target, dev_issuer.mint(scope="read"))
+def test_ambiguous_paths_are_refused(stacks: Stacks, target: str) -> None:
+    stack = stacks()
+    seen_before = len(stack.upstream.seen)
+    response = stack.get(target, stack.issuer.mint(scope="read admin"))
     # nginx refuses some itself (400); the rest gatekeeper refuses, in the profile's shape
     assert response.status == 400, response
-    assert stack.upstream.seen == []
+    assert len(stack.upstream.seen) == seen_before
 
 
 @pytest.mark.parametrize(("target", "normal"), LANDS_ON_ADMIN)
 def test_normalisable_shapes_land_on_the_rule_that_protects_them(
-    make_stack: MakeStack, dev_issuer: DevIssuer, target: str, normal: str
+    stacks: Stacks, target: str, normal: str
 ) -> None:
-    stack = make_stack()
-    refused = stack.get(target, dev_issuer.mint(scope="read"))
+    stack = stacks()
+    refused = stack.get(target, stack.issuer.mint(scope="read"))
     assert refused.status == 403, refused
     assert refused.json()["scope"] == "admin"
-    allowed = stack.get(target, dev_issuer.mint(scope="admin"))
+    allowed = stack.get(target, stack.issuer.mint(scope="admin"))
     assert allowed.status == 200, allowed
     assert allowed.json()["path"] == normal  # the upstream sees the path the rule saw
