@@ -430,15 +430,21 @@ def _optional_module(name: str) -> Any:
         return None
 
 
-def _forward_auth(root: Table) -> Any:
+def _forward_auth(root: Table, proxied: bool) -> Any:
+    """The decision endpoint's settings, or None when it is off: it is on when the file has a
+    ``[forward_auth]`` table, or has no upstream (then it is all the gateway does). ``enabled =
+    false`` turns it off explicitly."""
+    given = root.has("forward_auth")
     table = root.table("forward_auth")
+    enabled = table.boolean("enabled", given or not proxied)
     module = _optional_module("forward_auth")
     if module is None:  # not built yet: an unread table is refused rather than ignored
         table.finish()
         return None
     kwargs = read_fields(table, module.ForwardAuthSettings)
     table.finish()
-    return table.build(None, lambda: module.ForwardAuthSettings(**kwargs))
+    settings = table.build(None, lambda: module.ForwardAuthSettings(**kwargs), fields=kwargs)
+    return settings if enabled else None
 
 
 def _revocation(root: Table) -> Any:
@@ -479,7 +485,7 @@ def read_config(root: Table) -> GatewayConfig:
     identity = _identity(root)
     upstreams = _upstreams(root)
     proxy = _proxy(root, upstreams, routed, rules)
-    forward_auth = _forward_auth(root)
+    forward_auth = _forward_auth(root, proxy is not None)
     metrics = _metrics(root)
     logging_settings = _logging(root)
     revocation = _revocation(root)

@@ -512,3 +512,26 @@ def test_mistake_exits_2_with_one_line_and_no_traceback(tmp_path: Path, command:
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr == f"gatekeeper {command}: {path}: issuers[0].leeway: must be a number, not a string\n"
+
+
+UPSTREAM = '[upstreams.app]\nurl = "http://127.0.0.1:9000"\n[proxy]\nupstream = "app"\n'
+
+
+def test_forward_auth_is_on_unless_only_a_proxy_is_configured(tmp_path: Path) -> None:
+    alone = _load(tmp_path, ISSUER)
+    assert alone.forward_auth is not None
+    assert alone.forward_auth.path == "/auth"
+    assert _load(tmp_path, ISSUER + UPSTREAM).forward_auth is None
+    both = _load(tmp_path, ISSUER + UPSTREAM + '[forward_auth]\npath = "/check"\nproxy = "traefik"\n')
+    assert both.forward_auth is not None
+    assert (both.forward_auth.path, both.forward_auth.proxy) == ("/check", "traefik")
+    assert _load(tmp_path, ISSUER + "[forward_auth]\nenabled = false\n").forward_auth is None
+
+
+def test_forward_auth_mistakes(tmp_path: Path) -> None:
+    assert "forward_auth.proxy: 'haproxy' is not one of" in _mistake(
+        tmp_path, ISSUER + '[forward_auth]\nproxy = "haproxy"\n'
+    )
+    assert "forward_auth.path: forward-auth path must be a normal absolute path" in _mistake(
+        tmp_path, ISSUER + '[forward_auth]\npath = "/a/../b"\n'
+    )

@@ -156,9 +156,13 @@ def test_metrics_and_access_log(issuer: IssuerServer, upstream: Upstream, tmp_pa
             ]
             for i, token in enumerate(distinct):
                 assert client.get(f"/api/unique-path-{i}", headers=bearer(token)).status_code == 200
-        text = httpx.get(gateway.ops_url + "/metrics").text
-        lines = gateway.log_lines()
+        # A request is reported just after its response is sent: wait for the 27th.
+        for _ in range(100):
+            text = httpx.get(gateway.ops_url + "/metrics").text
+            if metric_samples(text, "gatekeeper_decision_seconds_count").get((("door", "proxy"),)) == 27:
+                break
         assert gateway.stop() == 0
+        lines = gateway.log_lines()
 
     decisions = metric_samples(text, "gatekeeper_decisions_total")
     by_labels = {tuple(v for _, v in labels): value for labels, value in decisions.items()}
@@ -291,13 +295,42 @@ def test_two_workers_share_the_ports_and_the_metrics(
         for i in range(30):
             # A new connection each time, so the kernel spreads them over both workers.
             assert httpx.get(f"{gateway.url}/api/n{i}", headers=bearer(token)).status_code == 200
-        totals = set()
-        for _ in range(5):  # whichever worker answers the scrape, it counts every worker's requests
+
+        def allowed() -> float:
             text = httpx.get(gateway.ops_url + "/metrics", headers={"connection": "close"}).text
             samples = metric_samples(text, "gatekeeper_decisions_total")
-            totals.add(sum(v for labels, v in samples.items() if dict(labels)["outcome"] == "allow"))
-        assert totals == {30}
+            return sum(v for labels, v in samples.items() if dict(labels)["outcome"] == "allow")
+
+        for _ in range(100):  # a request is reported just after its response is sent
+            if allowed() == 30:
+                break
+        # Whichever worker answers the scrape, it counts every worker's requests.
+        assert {allowed() for _ in range(5)} == {30}
         pids = set(re.findall(r"Started server process \[(\d+)\]", gateway.stderr()))
         assert len(pids) == 2
         assert gateway.stop() == 0
         assert "Traceback" not in gateway.stderr()
+
+
+def test_forward_auth_and_proxy_on_one_listener(
+    issuer: IssuerServer, upstream: Upstream, tmp_path: Path
+) -> None:
+    token = issuer.issuer.mint(scope="read", subject="svc-7", audience="api")
+    text = config_for(issuer, upstream.url) + '\n[forward_auth]\npath = "/auth"\nproxy = "traefik"\n'
+    with GatewayProcess(text, tmp_path) as gateway:
+        gateway.wait_for("/readyz", 200)
+        original = {"x-forwarded-method": "GET", "x-forwarded-uri": "/api/things?page=2"}
+        allowed = httpx.get(gateway.url + "/auth", headers={**original, **bearer(token)})
+        assert allowed.status_code == 200
+        assert allowed.headers["x-auth-subject"] == "svc-7"
+        assert allowed.content == b""
+        denied = httpx.get(gateway.url + "/auth", headers=original)
+        assert denied.status_code == 401
+        assert denied.json() == {"error_description": "A bearer token is required"}  # rfc6750's shape
+        assert denied.headers["www-authenticate"].startswith("Bearer ")
+        proxied = httpx.get(gateway.url + "/api/things", headers=bearer(token))
+        assert proxied.json()["path"] == "/api/things"  # everything but /auth goes upstream
+        assert gateway.stop() == 0
+        lines = gateway.log_lines()  # complete once the process has drained
+    assert [line["door"] for line in lines] == ["forward_auth", "forward_auth", "proxy"]
+    assert lines[0]["rule"] == "/api/**"  # the rule of the original URI, not of /auth
