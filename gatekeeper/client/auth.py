@@ -155,19 +155,35 @@ class ClientCredentialsAuth(httpx.Auth):
 
     # -- the flow (no I/O) ------------------------------------------------------------------------
 
-    def _flow(self, request: httpx.Request) -> _Flow:
-        slot = self._route(request.url)
+    def _cached(self, request: httpx.Request) -> tuple[Slot, Token | None]:
+        """The hot path, shared by both drivers: with a fresh cached token, set the header and
+        return it (no generator, no lock); otherwise return ``None`` and let :meth:`_flow` work."""
+        slot = self._single or self._route(request.url)
         token = slot.token
-        if token is None or not token.usable(self.manager.clock()):
-            token = yield from self._obtain(slot, None)
-        request.headers["Authorization"] = "Bearer " + token.access_token
-        response: httpx.Response = yield request
-        if response.status_code in self.retry_statuses and isinstance(request.stream, httpx.ByteStream):
+        if token is not None and self.manager.clock() < token.renew_at:
+            request.headers["Authorization"] = "Bearer " + token.access_token
+            return slot, token
+        return slot, None
+
+    def _flow(
+        self, request: httpx.Request, slot: Slot, sent: Token | None, response: httpx.Response | None
+    ) -> _Flow:
+        """The whole algorithm. It starts either before the first send (``response`` is None:
+        obtain a token, send) or after the hot path's send of ``sent`` got ``response``."""
+        if response is None:
+            sent = yield from self._obtain(slot, None)
+            request.headers["Authorization"] = "Bearer " + sent.access_token
+            response = yield request
+        if (
+            sent is not None
+            and response.status_code in self.retry_statuses
+            and isinstance(request.stream, httpx.ByteStream)
+        ):
             log.info(
                 "API answered %s to token fp:%s; renewing once and replaying %s %s",
-                response.status_code, fingerprint(token.access_token), request.method, request.url.path,
+                response.status_code, fingerprint(sent.access_token), request.method, request.url.path,
             )  # fmt: skip
-            token = yield from self._obtain(slot, token)
+            token = yield from self._obtain(slot, sent)
             request.headers["Authorization"] = "Bearer " + token.access_token
             yield request
 
@@ -259,7 +275,13 @@ class ClientCredentialsAuth(httpx.Auth):
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Drive :meth:`_flow` with blocking calls (``httpx.Client``)."""
-        flow = self._flow(request)
+        slot, sent = self._cached(request)
+        response = None
+        if sent is not None:
+            response = yield request
+            if response.status_code not in self.retry_statuses:
+                return
+        flow = self._flow(request, slot, sent, response)
         try:
             step = next(flow)
             while True:
@@ -279,7 +301,13 @@ class ClientCredentialsAuth(httpx.Auth):
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         """Drive :meth:`_flow` with awaits (``httpx.AsyncClient``)."""
-        flow = self._flow(request)
+        slot, sent = self._cached(request)
+        response = None
+        if sent is not None:
+            response = yield request
+            if response.status_code not in self.retry_statuses:
+                return
+        flow = self._flow(request, slot, sent, response)
         try:
             step = next(flow)
             while True:
