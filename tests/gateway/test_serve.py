@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -334,3 +337,25 @@ def test_forward_auth_and_proxy_on_one_listener(
         lines = gateway.log_lines()  # complete once the process has drained
     assert [line["door"] for line in lines] == ["forward_auth", "forward_auth", "proxy"]
     assert lines[0]["rule"] == "/api/**"  # the rule of the original URI, not of /auth
+
+
+def test_a_taken_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        path = tmp_path / "gatekeeper.toml"
+        path.write_text(
+            f'[server]\nlisten = "127.0.0.1:{port}"\n'
+            '[[issuers]]\nissuer = "https://i.example"\naudience = "api"\njwks_url = "https://i.example/jwks"\n'
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "gatekeeper.cli", "serve", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert f"gatekeeper serve: cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
