@@ -149,6 +149,7 @@ class Revocations:
         self._sub: _Index = {}
         self._client: _Index = {}
         self._count = 0
+        self._kinds: dict[str, int] = dict.fromkeys(KINDS, 0)  # kept as entries come and go
         # (until, sequence, key) for purging in O(log n); stale items (replaced or removed) are
         # skipped. The sequence breaks ties, so keys (with None issuers) are never compared.
         self._expiry: list[tuple[float, int, tuple[Kind, str, str | None]]] = []
@@ -248,6 +249,7 @@ class Revocations:
             by_issuer[entry.issuer] = entry
             if not exists:
                 self._count += 1
+                self._kinds[entry.kind] += 1
             heapq.heappush(self._expiry, (entry.until, next(self._sequence), entry.key))
             self._changed_locked()
         return True
@@ -283,9 +285,12 @@ class Revocations:
         live = [entry for entry in entries if entry.until > now]
         indexes: dict[Kind, _Index] = {"jti": {}, "sub": {}, "client_id": {}}
         count = 0
+        kinds: dict[str, int] = dict.fromkeys(KINDS, 0)
         for entry in live:
             by_issuer = indexes[entry.kind].setdefault(entry.value, {})
-            count += entry.issuer not in by_issuer
+            new = entry.issuer not in by_issuer
+            count += new
+            kinds[entry.kind] += new
             by_issuer[entry.issuer] = entry
         if count > self.max_entries:
             raise RevocationListFull(f"{count:,} revocations do not fit in max_entries={self.max_entries:,}")
@@ -295,6 +300,7 @@ class Revocations:
             # Each index is swapped whole: a reader sees the old or the new one, never half.
             self._jti, self._sub, self._client = indexes["jti"], indexes["sub"], indexes["client_id"]
             self._count = count
+            self._kinds = kinds
             self._expiry = expiry
             self._changed_locked()
 
@@ -307,11 +313,14 @@ class Revocations:
             ]
 
     def counts(self) -> dict[str, int]:
-        """Entries still needed, per kind (what the admin endpoint shows: never identities)."""
-        counts: dict[str, int] = dict.fromkeys(KINDS, 0)
-        for entry in self.entries():
-            counts[entry.kind] += 1
-        return counts
+        """Entries still needed, per kind (what the admin endpoint shows: never identities).
+
+        Purges what expired, then reads counts kept up to date by every change: no walk over
+        the list (metrics and readiness call this on the event loop).
+        """
+        self.purge()
+        with self._lock:
+            return dict(self._kinds)
 
     def set_blocked(self, blocked: bool) -> None:
         """Refuse (True) or resume (False) every check: a store's fail-closed policy."""
@@ -347,6 +356,7 @@ class Revocations:
             # consistent (old) view.
             index[value] = {k: v for k, v in by_issuer.items() if k != issuer}
         self._count -= 1
+        self._kinds[entry.kind] -= 1
         return entry
 
     def _purge_locked(self, now: float) -> int:

@@ -227,7 +227,11 @@ def test_full_list_refuses_new_entries_loudly(clock: Clock) -> None:
 
 def test_full_list_surfaces_through_the_verifier(issuer: DevIssuer, clock: Clock) -> None:
     verifier = Verifier(
-        ISS, jwks=issuer.jwks(), audience="api", clock=clock, revocations=Revocations(max_entries=1, clock=clock)
+        ISS,
+        jwks=issuer.jwks(),
+        audience="api",
+        clock=clock,
+        revocations=Revocations(max_entries=1, clock=clock),
     )
     verifier.revoke(sub="a")
     with pytest.raises(RevocationListFull):
@@ -237,7 +241,8 @@ def test_full_list_surfaces_through_the_verifier(issuer: DevIssuer, clock: Clock
 def test_expired_entry_is_not_added(clock: Clock) -> None:
     revocations = Revocations(clock=clock)
     assert revocations.add(Revocation("jti", "old", ISS, clock.now - 1)) is False
-    assert len(revocations) == 0 and not revocations.active
+    assert len(revocations) == 0
+    assert not revocations.active
 
 
 def test_cache_hit_rechecks_only_when_the_list_changed(verifier: Verifier, issuer: DevIssuer) -> None:
@@ -280,7 +285,9 @@ def test_blocked_list_answers_keys_unavailable(verifier: Verifier, issuer: DevIs
         ({"sub": "a", "expires_at": 1.0}, "expires_at applies"),
     ],
 )
-def test_malformed_requests_are_refused(verifier: Verifier, request_args: dict[str, object], message: str) -> None:
+def test_malformed_requests_are_refused(
+    verifier: Verifier, request_args: dict[str, object], message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         verifier.revoke(**request_args)
 
@@ -288,11 +295,11 @@ def test_malformed_requests_are_refused(verifier: Verifier, request_args: dict[s
 def test_entries_round_trip_as_plain_data(verifier: Verifier, clock: Clock) -> None:
     entry = revocation_request(verifier.issuers, clock.now, client_id="c", before=clock.now - 5)
     assert Revocation.from_dict(entry.to_dict()) == entry
-    with pytest.raises(ValueError):
-        Revocation.from_dict({"kind": "jti", "value": "x", "until": 1.0})  # no issuer
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="issuer"):
+        Revocation.from_dict({"kind": "jti", "value": "x", "until": 1.0})
+    with pytest.raises(ValueError, match="unknown revocation kind"):
         Revocation.from_dict({"kind": "nope", "value": "x", "until": 1.0, "before": 0.0})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="JSON object"):
         Revocation.from_dict(["not", "an", "object"])
 
 
@@ -311,3 +318,22 @@ def test_every_builtin_profile_renders_revoked_token(
     if profile == "rfc6750":
         assert 'error="invalid_token"' in (rendered.header("www-authenticate") or "")
         assert b"revoked" in rendered.body
+
+
+def test_counts_follow_every_change(clock: Clock) -> None:
+    revocations = Revocations(clock=clock)
+    revocations.add(Revocation("jti", "a", ISS, clock.now + 10))
+    revocations.add(Revocation("jti", "a", ISS, clock.now + 20))  # a replacement, not a new one
+    revocations.add(Revocation("sub", "s", None, clock.now + 100, before=clock.now))
+    revocations.add(Revocation("sub", "s", ISS, clock.now + 100, before=clock.now))
+    revocations.add(Revocation("client_id", "c", None, clock.now + 100, before=clock.now))
+    assert revocations.counts() == {"jti": 1, "sub": 2, "client_id": 1}
+    revocations.remove("sub", "s", None)
+    assert revocations.counts() == {"jti": 1, "sub": 1, "client_id": 1}
+    clock.advance(50)  # the jti entry is no longer needed
+    assert revocations.counts() == {"jti": 0, "sub": 1, "client_id": 1}
+    revocations.replace_all(
+        [Revocation("jti", "x", ISS, clock.now + 5), Revocation("jti", "y", ISS, clock.now + 5)]
+    )
+    assert revocations.counts() == {"jti": 2, "sub": 0, "client_id": 0}
+    assert len(revocations) == 2
