@@ -205,3 +205,11 @@ def test_normalisable_shapes_land_on_the_rule_that_protects_them(
     # Go keeps the client's spelling when it encodes the rewritten path (/%61dmin for /admin):
     # the same path under the one normalisation, which is what the upstream decodes.
     assert normalise_path(allowed.json()["path"]) == normal
+
+
+def test_a_client_cannot_choose_the_original_uri(stacks: Stacks) -> None:
+    stack = stacks()
+    forged = [("X-Forwarded-Uri", "/public/x"), ("X-Forwarded-Method", "OPTIONS")]
+    response = stack.get("/admin/x", stack.issuer.mint(scope="read"), headers=forged)
+    assert response.status == 403, response  # Caddy's forward_auth sets its own values
+    assert response.json()["scope"] == "admin"

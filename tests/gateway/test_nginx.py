@@ -219,3 +219,15 @@ def test_normalisable_shapes_land_on_the_rule_that_protects_them(
     allowed = stack.get(target, stack.issuer.mint(scope="admin"))
     assert allowed.status == 200, allowed
     assert allowed.json()["path"] == normal  # the upstream sees the path the rule saw
+
+
+def test_a_client_cannot_choose_the_original_uri(stacks: Stacks) -> None:
+    stack = stacks()
+    forged = [
+        ("X-Original-URI", "/public/x"),
+        ("X-Original-Method", "OPTIONS"),
+        ("X_Original_URI", "/health"),
+    ]
+    response = stack.get("/admin/x", stack.issuer.mint(scope="read"), headers=forged)
+    assert response.status == 403, response  # nginx.conf's own values replaced the client's
+    assert response.json()["scope"] == "admin"
