@@ -249,7 +249,7 @@ class ForwardAuth:
                         "bad_original_uri", "X-Original-URL is not an absolute http(s) URL", profile=True
                     )
                 target_value = target_value[prefix_match.end() :] or b"/"
-            raw_path, query_text = split_or_refuse(_ascii(target_value, "URI"))
+            raw_path, query_text = _split_or_refuse(_ascii(target_value, "URI"))
             text = raw_path
             query = query_text.encode("ascii")
         if not _METHOD.fullmatch(method.encode("ascii")):
@@ -379,7 +379,7 @@ class ForwardAuth:
         )
 
 
-def split_or_refuse(target: str) -> tuple[str, str]:
+def _split_or_refuse(target: str) -> tuple[str, str]:
     """:func:`split_target` with its refusal as a bad request in the profile's shape."""
     try:
         return split_target(target)
@@ -390,12 +390,13 @@ def split_or_refuse(target: str) -> tuple[str, str]:
 
 
 def _ascii(value: bytes, what: str) -> str:
+    slug = "bad_method" if what == "method" else "bad_path"
     try:
         text = value.decode("ascii")
     except UnicodeDecodeError:
-        raise _BadRequest("bad_path", f"The original request {what} is not ASCII", profile=True) from None
+        raise _BadRequest(slug, f"The original request {what} is not ASCII", profile=True) from None
     if any(c < " " or c == "\x7f" for c in text):
-        raise _BadRequest("bad_path", f"The original request {what} has a control character", profile=True)
+        raise _BadRequest(slug, f"The original request {what} has a control character", profile=True)
     return text
 
 

@@ -282,6 +282,7 @@ def test_repeated_or_odd_original_headers_are_refused(serve: Serve) -> None:
     assert repeated.status_code == 400
     assert "repeated" in repeated.json()["error_description"]
     assert fa.ask("/public/x", "get", names=names).status_code == 400
+    assert fa.records[-1].error_kind == "bad_method"
     assert fa.ask("/public/x", "GET /x", names=names).status_code == 400
 
 
