@@ -203,9 +203,10 @@ class Verifier:
         """The claims of a token verified before and still valid, verifying nothing: the hot
         path of :meth:`verify_async` as a plain call, with no coroutine to create and run."""
         claims = self._cache.get(token, self._clock())
-        if claims is not None and self._revocations.active:
+        revocations = self._revocations
+        if claims is not None and revocations.active and claims.checked_at != revocations.generation:  # type: ignore[attr-defined]
             try:
-                enforce(self._revocations, claims)
+                enforce(revocations, claims)
             except AuthError:
                 return None  # revoked (or the list is unavailable): verify_async says which
         return claims

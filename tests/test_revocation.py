@@ -337,3 +337,29 @@ def test_counts_follow_every_change(clock: Clock) -> None:
     )
     assert revocations.counts() == {"jti": 2, "sub": 0, "client_id": 0}
     assert len(revocations) == 2
+
+
+def test_cached_probe_looks_at_the_list_once_per_change(
+    verifier: Verifier, issuer: DevIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = issuer.mint(subject="alice")
+    verifier.revoke(sub="someone-else")
+    verifier.verify(token)
+    revocations = verifier.revocations
+    looked: list[object] = []
+    real = revocations.is_revoked
+
+    def counting(claims: object) -> bool:
+        looked.append(claims)
+        return real(claims)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(revocations, "is_revoked", counting)
+    assert verifier.cached(token) is not None
+    assert verifier.cached(token) is not None
+    assert looked == []  # unchanged list: no lookup at all
+    verifier.revoke(sub="another")
+    assert verifier.cached(token) is not None
+    assert verifier.cached(token) is not None
+    assert len(looked) == 1  # one lookup after the change, then the generation matches again
+    verifier.revoke(sub="alice")
+    assert verifier.cached(token) is None
