@@ -1,9 +1,12 @@
 """The hot-path cache of verified tokens.
 
 A hit is one dict lookup, one clock read and two comparisons: the entry is served only while
-the token's ``exp`` has not passed and its signing key is still in the key set. The cache is
-bounded in entries; eviction is second-chance FIFO (CLOCK), so a flood of one-off tokens pushes
-out other one-off tokens before the hot ones.
+its revalidation time (at most the token's ``exp``; the key set's freshness for remote keys)
+has not passed and its signing key is still in the key set. Past its revalidation time an entry
+whose key is alive is kept, not dropped: the verifier asks the key store (which may start a
+background refresh) and then extends it with :meth:`TokenCache.revalidate`, without another
+signature check. The cache is bounded in entries; eviction is second-chance FIFO (CLOCK), so a
+flood of one-off tokens pushes out other one-off tokens before the hot ones.
 
 A hit takes no lock (dict operations are atomic); writes, and dropping an entry that is no
 longer valid, take a short one, so eviction never races with a removal. The store is an
@@ -22,8 +25,8 @@ from .claims import Claims
 from .keys import VerificationKey
 
 # An entry is a small list, not an object, to keep memory per entry low:
-# [claims, expires_at, signing key, recently used]
-_CLAIMS, _EXPIRES, _KEY, _USED = 0, 1, 2, 3
+# [claims, serve until (then revalidate), signing key, recently used, the token's exp]
+_CLAIMS, _UNTIL, _KEY, _USED, _EXPIRES = 0, 1, 2, 3, 4
 
 
 class TokenCache:
@@ -42,27 +45,52 @@ class TokenCache:
         return len(self._data)
 
     def get(self, token: str, now: float) -> Claims | None:
-        """The claims for a token verified before, if still valid now."""
+        """The claims for a token verified before, if they may be served now without asking
+        the key store (None also when the entry is due for :meth:`revalidate`)."""
         entry = self._data.get(token)
         if entry is None:
             return None
-        if now < entry[_EXPIRES] and entry[_KEY].alive:
+        if now < entry[_UNTIL] and entry[_KEY].alive:
             entry[_USED] = True
             claims: Claims = entry[_CLAIMS]
             return claims
+        if now < entry[_EXPIRES] and entry[_KEY].alive:
+            return None  # due for revalidation: kept for it
         with self._lock:
             if self._data.get(token) is entry:  # not already replaced by a fresh verification
                 del self._data[token]
         return None
 
-    def put(self, token: str, claims: Claims, expires_at: float, key: VerificationKey) -> None:
+    def revalidate(self, token: str, now: float, until: float) -> Claims | None:
+        """The claims of a cached token whose signing key is still alive and whose ``exp`` has
+        not passed, now served until ``until`` (at most its ``exp``); None if there is none."""
+        entry = self._data.get(token)
+        if entry is None or not entry[_KEY].alive or now >= entry[_EXPIRES]:
+            return None
+        entry[_UNTIL] = min(until, entry[_EXPIRES])
+        entry[_USED] = True
+        claims: Claims = entry[_CLAIMS]
+        return claims
+
+    def put(
+        self,
+        token: str,
+        claims: Claims,
+        expires_at: float,
+        key: VerificationKey,
+        revalidate_at: float | None = None,
+    ) -> None:
+        """Cache verified claims until ``expires_at`` (the token's ``exp``), as long as ``key``
+        stays alive; from ``revalidate_at`` (default: never before ``exp``) a lookup asks the
+        verifier to :meth:`revalidate` the entry first."""
         if self.maxsize == 0:
             return
+        until = expires_at if revalidate_at is None else min(revalidate_at, expires_at)
         with self._lock:
             data = self._data
             if token not in data and len(data) >= self.maxsize:
                 self._evict_one(data)
-            data[token] = [claims, expires_at, key, False]
+            data[token] = [claims, until, key, False, expires_at]
 
     @staticmethod
     def _evict_one(data: OrderedDict[str, list[Any]]) -> None:

@@ -1,7 +1,10 @@
 """The I/O shells around :meth:`KeyStore.refresh`: one async and one sync driver over httpx.
 
 Each driver runs at most one refresh per key store at a time (single-flight): callers that
-arrive while a refresh is under way wait for that one instead of starting their own.
+arrive while a refresh is under way wait for that one instead of starting their own. Background
+refreshes (stale-while-revalidate, refresh-ahead) run in a task or a daemon thread: the caller
+that starts one never waits on the network. A refresh, discovery included, ends within the
+policy's ``timeout``.
 
 A fetch never raises: whatever goes wrong on the way (refused, timeout, a URL httpx will not
 parse, a body over the size limit) comes back as a :class:`FetchResponse` with ``error`` set, so
@@ -64,13 +67,25 @@ class SyncFetcher:
             return lock
 
     def _http(self) -> httpx.Client:
-        with self._guard:  # threads refreshing different stores must share one client
+        client = self._client
+        if client is not None:
+            return client
+        # Built outside the guard (loading the CA bundle takes tens of ms), so a caller starting
+        # a background refresh never waits for it; threads refreshing different stores must
+        # still end up sharing one client.
+        made: httpx.Client | None = httpx.Client(follow_redirects=False)
+        with self._guard:
             if self._client is None:
-                self._client = httpx.Client(follow_redirects=False)
-            return self._client
+                self._client, made = made, None
+            client = self._client
+        assert client is not None
+        if made is not None:
+            made.close()
+        return client
 
-    def refresh(self, store: KeyStore) -> None:
-        """Refresh now; if another thread is already refreshing this store, wait for it."""
+    def refresh(self, store: KeyStore, kid: str | None = None) -> None:
+        """Refresh now (looking for ``kid``, if given); if another thread is already refreshing
+        this store, wait for it instead."""
         seen = store.attempts
         with self._lock_for(store):
             if store.attempts != seen:
@@ -78,9 +93,9 @@ class SyncFetcher:
             # A refresh may also have finished between the caller's decision and `seen`:
             # ask the store again rather than repeat it.
             now = self._clock()
-            if not store.refresh_due(now):
+            if not store.refresh_due(now, kid):
                 return
-            self._drive(store.refresh(now), store)
+            self._drive(store.refresh(now, kid), store)
 
     def refresh_in_background(self, store: KeyStore) -> None:
         """Start a refresh in a daemon thread, unless one for this store is already pending."""
@@ -100,25 +115,27 @@ class SyncFetcher:
                 self._background.discard(store)
 
     def _drive(self, flow: RefreshFlow, store: KeyStore) -> None:
+        deadline = time.monotonic() + store.policy.timeout  # for the whole refresh
         try:
             request = next(flow)
             while True:
-                request = flow.send(self._get(request, store))
+                request = flow.send(self._get(request, store, deadline))
         except StopIteration:
             pass
         finally:
             flow.close()  # on an unexpected error too: the store must not think it is refreshing
 
-    def _get(self, request: FetchRequest, store: KeyStore) -> FetchResponse:
+    def _get(self, request: FetchRequest, store: KeyStore, deadline: float) -> FetchResponse:
         policy = store.policy
         client = self._http()  # the first one takes tens of ms (CA bundle): not part of the fetch
-        # httpx's timeout applies to each phase (connect, each read); the deadline also bounds
-        # a body that trickles in. A server trickling its headers can still take ~2x timeout.
-        deadline = time.monotonic() + policy.timeout
+        # httpx's timeout applies to each phase (connect, each read), so each gets what is left
+        # of the deadline, which also bounds a body that trickles in. A server trickling its
+        # headers can still take ~2x what is left.
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return FetchResponse(error="transport error: deadline exceeded")
         try:
-            with client.stream(
-                "GET", request.url, headers=dict(request.headers), timeout=policy.timeout
-            ) as response:
+            with client.stream("GET", request.url, headers=dict(request.headers), timeout=left) as response:
                 if _declared_too_large(response, policy.max_bytes):
                     return _too_large(policy.max_bytes)
                 body = bytearray()
@@ -162,21 +179,22 @@ class AsyncFetcher:
         assert self._client is not None
         return self._client
 
-    def _task_for(self, store: KeyStore) -> asyncio.Task[None]:
+    def _task_for(self, store: KeyStore, kid: str | None = None) -> asyncio.Task[None]:
         # No await between a caller's decision to fetch and this lookup, so on one loop the
         # first caller creates the task and every later one joins it (or sees its result).
         loop = asyncio.get_running_loop()
         task = self._inflight.get(store)
         if task is None or task.get_loop() is not loop:
-            task = loop.create_task(self._drive(store), name="gatekeeper-jwks")
+            task = loop.create_task(self._drive(store, kid), name="gatekeeper-jwks")
             self._inflight[store] = task
             task.add_done_callback(functools.partial(self._forget, store))
         return task
 
-    async def refresh(self, store: KeyStore) -> None:
-        """Refresh now, joining a refresh of the same store that is already under way."""
+    async def refresh(self, store: KeyStore, kid: str | None = None) -> None:
+        """Refresh now (looking for ``kid``, if given), joining a refresh of the same store
+        that is already under way."""
         # shield: one caller being cancelled must not cancel the fetch the others wait on.
-        await asyncio.shield(self._task_for(store))
+        await asyncio.shield(self._task_for(store, kid))
 
     def refresh_in_background(self, store: KeyStore) -> None:
         """Start a refresh (or leave the one under way) without waiting for it."""
@@ -186,22 +204,23 @@ class AsyncFetcher:
         if self._inflight.get(store) is task:
             del self._inflight[store]
 
-    async def _drive(self, store: KeyStore) -> None:
-        flow = store.refresh(self._clock())
+    async def _drive(self, store: KeyStore, kid: str | None) -> None:
+        flow = store.refresh(self._clock(), kid)
+        deadline = asyncio.get_running_loop().time() + store.policy.timeout  # the whole refresh
         try:
             request = next(flow)
             while True:
-                request = flow.send(await self._get(request, store))
+                request = flow.send(await self._get(request, store, deadline))
         except StopIteration:
             pass
         finally:
             flow.close()  # cancelled (aclose) or failed: the store must not think it is refreshing
 
-    async def _get(self, request: FetchRequest, store: KeyStore) -> FetchResponse:
+    async def _get(self, request: FetchRequest, store: KeyStore, deadline: float) -> FetchResponse:
         policy = store.policy
         client = await self._http()
         try:
-            async with asyncio.timeout(policy.timeout):
+            async with asyncio.timeout_at(deadline):
                 async with client.stream(
                     "GET", request.url, headers=dict(request.headers), timeout=policy.timeout
                 ) as response:

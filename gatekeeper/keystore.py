@@ -32,13 +32,17 @@ class FetchPolicy:
     - ``default_ttl``: freshness when the response has no ``Cache-Control: max-age``;
       ``min_ttl``/``max_ttl`` clamp what the server asks for.
     - ``refresh_ahead``: refresh this long before expiry, in the background (None: off).
-      Retries while stale keys are being served after a failure also run in the background.
-    - ``unknown_kid_cooldown``: at most one refetch per this interval for tokens whose ``kid``
-      is not in the set, so a flood of made-up ids costs one request.
-    - ``retry_interval``: after a failed fetch, wait this long before trying again.
-    - ``stale_grace``: how long past expiry the last good keys keep verifying while the
-      endpoint fails (stale-if-error).
-    - ``timeout``: for each fetch, in total; ``max_bytes``: the largest response accepted.
+    - ``stale_grace``: how long past expiry the last good keys keep verifying
+      (stale-while-revalidate, stale-if-error). Once the keys expire, requests go on verifying
+      with them without waiting while one refresh runs in the background; only a request with
+      no usable keys at all (a cold start, or past the grace) waits for a fetch.
+    - ``unknown_kid_cooldown``: a token whose ``kid`` is not in the set triggers a refetch at
+      once, however recent the last routine fetch; this limits only how often such *unknown-kid*
+      refetches happen, so a flood of made-up ids costs one request per interval.
+    - ``retry_interval``: after a failed fetch, wait this long before trying again; also the
+      most often a background refresh starts.
+    - ``timeout``: for each refresh, in total (discovery included); ``max_bytes``: the largest
+      response accepted.
     """
 
     default_ttl: float = 300.0
@@ -117,11 +121,18 @@ class KeyStore:
         self.remote = static is None
         self.fresh_until = -math.inf if self.remote else math.inf
         self.last_attempt = -math.inf
+        #: When the last refetch for an unknown ``kid`` started (the cooldown counts from it).
+        self.last_kid_fetch = -math.inf
         self.last_failure = -math.inf
         self.last_error: str | None = None
         self.attempts = 0
         #: Refreshes started and not finished (a driver runs at most one at a time).
         self.refreshing = 0
+        #: Fetch outcomes by result ("ok", "not_modified", "error"), for the gateway's metrics.
+        self.fetch_counts: dict[str, int] = {"ok": 0, "not_modified": 0, "error": 0}
+        #: Verifications answered with keys past their freshness (stale-while-revalidate or
+        #: stale-if-error); cache hits within a cached entry's window are not counted.
+        self.stale_served = 0
         self._etag: str | None = None
 
     # -- decisions ---------------------------------------------------------------------------
@@ -137,49 +148,54 @@ class KeyStore:
         # retry_interval: an outage must not turn every request into a request to the endpoint.
         return now >= self.last_failure + self.policy.retry_interval
 
-    def _stale_after_failure(self, now: float) -> bool:
-        # The keys expired, a refresh since then failed, and they are still within their grace.
-        return self.last_failure >= self.fresh_until and self.usable(now) is not None
-
     def needs_refresh(self, now: float) -> bool:
-        """A refresh the caller should wait for: keys are missing or expired, and no failed
-        attempt is still cooling down.
+        """A refresh the caller must wait for: no usable keys at all (a cold start, or the last
+        good keys are past their grace), and no failed attempt is still cooling down.
 
-        Once a refresh after expiry has failed and the last good keys are still within their grace
-        period, retries are not waited for (see :meth:`wants_refresh_ahead`): a slow or dead endpoint
-        must not hold up every request once per ``retry_interval`` while stale keys work.
+        Keys past their freshness but within ``stale_grace`` are never waited for: they keep
+        verifying while :meth:`wants_refresh_ahead` refreshes them in the background, so a slow
+        or hanging endpoint never becomes request latency.
         """
-        if not self.remote or now < self.fresh_until or not self._may_retry(now):
-            return False
-        return not self._stale_after_failure(now)
+        return self.remote and self.usable(now) is None and self._may_retry(now)
 
     def wants_refresh_ahead(self, now: float) -> bool:
-        """A refresh to start in the background: keys expire within ``refresh_ahead``, or they
-        have expired, the last refresh failed and the stale keys are still usable."""
+        """A refresh to start in the background, not waited for: the keys are usable and have
+        expired (stale-while-revalidate) or expire within ``refresh_ahead``.
+
+        At most one per ``retry_interval`` and none while another is under way, whatever the
+        endpoint does (a hanging one holds a refresh for the whole timeout).
+        """
         if (
             not self.remote
+            or self.refreshing
             or not self._may_retry(now)
-            # one background refresh per interval, even before the one under way has finished
             or now < self.last_attempt + self.policy.retry_interval
+            or self.usable(now) is None
         ):
             return False
         if now >= self.fresh_until:
-            return self._stale_after_failure(now)
+            return True
         ahead = self.policy.refresh_ahead
         return ahead is not None and now >= self.fresh_until - ahead
 
     def may_refetch_for_kid(self, kid: str | None, now: float) -> bool:
-        """A token names a key id we do not have: refetch, at most once per cooldown."""
+        """A token names a key id we do not have: refetch now (the issuer may have just rotated
+        its keys), however recent the last routine fetch, but at most once per
+        ``unknown_kid_cooldown`` of unknown-kid refetches (and not during an outage's retry
+        interval)."""
         if not self.remote or kid is None or (self.keys is not None and self.keys.has_kid(kid)):
             return False
         if self.refreshing:
             # A fetch is under way (it may be the one looking for this very kid): wait for it
             # rather than reject now; the drivers join it, so this costs no request.
             return True
-        return now >= self.last_attempt + self.policy.unknown_kid_cooldown and self._may_retry(now)
+        return self._kid_cooled_down(now)
 
-    def refresh_due(self, now: float) -> bool:
-        """Whether any reason to fetch still holds now.
+    def _kid_cooled_down(self, now: float) -> bool:
+        return now >= self.last_kid_fetch + self.policy.unknown_kid_cooldown and self._may_retry(now)
+
+    def refresh_due(self, now: float, kid: str | None = None) -> bool:
+        """Whether the reason to fetch still holds now (for ``kid``, when looking for one).
 
         A driver that had to wait for another caller's refresh checks this before starting its
         own, so callers that decided to fetch just before that refresh finished do not repeat it.
@@ -188,7 +204,18 @@ class KeyStore:
             return False
         if self.needs_refresh(now) or self.wants_refresh_ahead(now):
             return True
-        return now >= self.last_attempt + self.policy.unknown_kid_cooldown and self._may_retry(now)
+        if kid is None or (self.keys is not None and self.keys.has_kid(kid)):
+            return False
+        return self._kid_cooled_down(now)
+
+    def revalidate_at(self, now: float) -> float:
+        """Until when a token verified now may be served from the token cache without asking
+        the key store again: the keys' freshness; once they are stale, one retry interval (a
+        refresh is due or under way, and a key it removes ends the entry at once), never past
+        the grace."""
+        if now < self.fresh_until:
+            return self.fresh_until
+        return min(now + self.policy.retry_interval, self.fresh_until + self.policy.stale_grace)
 
     def unavailable(self, now: float) -> AuthError:
         """The error to answer when there are no usable keys, with a Retry-After hint."""
@@ -199,12 +226,15 @@ class KeyStore:
 
     # -- the refresh flow --------------------------------------------------------------------
 
-    def refresh(self, now: float) -> RefreshFlow:
+    def refresh(self, now: float, kid: str | None = None) -> RefreshFlow:
         """Fetch (discovery, then) the JWKS and apply it. Failures are recorded, not raised.
 
+        ``kid``: the unknown key id this refresh looks for (it starts the unknown-kid cooldown).
         A driver must run the flow to its end or ``close()`` it.
         """
         self.last_attempt = now
+        if kid is not None:
+            self.last_kid_fetch = now
         self.attempts += 1
         self.refreshing += 1
         try:
@@ -250,6 +280,7 @@ class KeyStore:
         if response.status == 304 and self.keys is not None:
             self._etag = response.headers.get("etag", self._etag)
             self._fresh(now, response.headers)
+            self.fetch_counts["not_modified"] += 1  # last: whoever sees the count sees the state
             return
         if response.status != 200:
             self._failed(now, f"HTTP {response.status}")
@@ -271,6 +302,7 @@ class KeyStore:
         self._replace(keyset)
         self._etag = response.headers.get("etag")
         self._fresh(now, response.headers)
+        self.fetch_counts["ok"] += 1
 
     def _replace(self, new: KeySet) -> None:
         """Swap in a new key set, keeping the objects of keys that did not change (so tokens
@@ -288,6 +320,7 @@ class KeyStore:
     def _failed(self, now: float, error: str) -> None:
         self.last_failure = now
         self.last_error = error
+        self.fetch_counts["error"] += 1
         logger.warning("issuer %s: key fetch failed: %s", self.issuer, error)
 
     def status(self, now: float) -> dict[str, Any]:
@@ -301,6 +334,8 @@ class KeyStore:
             "fresh_for": None if math.isinf(self.fresh_until) else round(self.fresh_until - now, 3),
             "usable": self.usable(now) is not None,
             "last_error": self.last_error,
+            "fetches": dict(self.fetch_counts),
+            "stale_served": self.stale_served,
         }
 
 

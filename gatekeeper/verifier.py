@@ -35,6 +35,7 @@ Clock = Callable[[], float]
 class _Refresh:
     store: KeyStore
     wait: bool
+    kid: str | None = None  # the unknown key id the refresh looks for
 
 
 _Flow = Generator[_Refresh, None, Claims]
@@ -156,7 +157,7 @@ class Verifier:
             step = next(flow)
             while True:
                 if step.wait:
-                    self._sync.refresh(step.store)
+                    self._sync.refresh(step.store, step.kid)
                 else:
                     self._sync.refresh_in_background(step.store)
                 step = next(flow)
@@ -188,7 +189,7 @@ class Verifier:
             step = next(flow)
             while True:
                 if step.wait:
-                    await self._async.refresh(step.store)
+                    await self._async.refresh(step.store, step.kid)
                 else:
                     self._async.refresh_in_background(step.store)
                 step = next(flow)
@@ -229,6 +230,11 @@ class Verifier:
         """Each issuer's key status: key ids, skipped keys, freshness and the last fetch error."""
         now = self._clock()
         return [trusted.store.status(now) for trusted in self._issuers.values()]
+
+    def key_stores(self) -> Mapping[str, KeyStore]:
+        """Each issuer's live key store (issuer -> store), for metrics: ``fetch_counts`` and
+        ``stale_served`` are plain attributes a gateway mirrors periodically."""
+        return {name: trusted.store for name, trusted in self._issuers.items()}
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -325,15 +331,28 @@ class Verifier:
                 raise _Transient(error.kind, error.description, issuer=config.issuer, kid=jws.kid) from None
             raise
 
-        if store.needs_refresh(now):
+        waited = store.needs_refresh(now)
+        if waited:
             yield _Refresh(store, wait=True)
         elif store.wants_refresh_ahead(now):
             yield _Refresh(store, wait=False)
         kid = jws.kid
-        keys = store.usable(self._clock())
+        now = self._clock()  # a refresh may have been waited for
+        keys = store.usable(now)
+        if keys is not None:
+            # Verified before with a key still in the set: the cached entry was only due for a
+            # look at the key store (which may have started a background refresh above), not
+            # for another signature check.
+            known = self._cache.revalidate(token, now, store.revalidate_at(now))
+            if known is not None:
+                if now >= store.fresh_until:
+                    store.stale_served += 1
+                enforce(self._revocations, known)
+                return known
         candidates = keys.candidates(kid, jws.alg) if keys is not None else []
-        if not candidates and store.may_refetch_for_kid(kid, self._clock()):
-            yield _Refresh(store, wait=True)
+        # Not right after this very call waited for a fetch: those keys are as new as any.
+        if not candidates and not waited and store.may_refetch_for_kid(kid, self._clock()):
+            yield _Refresh(store, wait=True, kid=kid)
             keys = store.usable(self._clock())
             candidates = keys.candidates(kid, jws.alg) if keys is not None else []
         if keys is None:
@@ -359,10 +378,13 @@ class Verifier:
         claims = CheckedClaims(
             payload, normalise_scopes(payload, config.scope_claims), issuer=config.issuer, kid=key.kid
         )
-        # An entry must not outlive the key set it was checked against: past the set's
-        # freshness the token goes through the flow again, which refetches the keys (and so
-        # learns of removals). Static key sets are fresh forever: the entry lives until exp.
-        self._cache.put(token, claims, min(exp, max(store.fresh_until, now + 1.0)), key)
+        now = self._clock()
+        if now >= store.fresh_until:
+            store.stale_served += 1
+        # The entry lives until exp while its key stays in the set (a removal ends it at once);
+        # past the set's freshness a lookup goes back through the key store, which refreshes
+        # it (in the background while the keys are usable) and revalidates the entry.
+        self._cache.put(token, claims, exp, key, store.revalidate_at(now))
         # After caching: a revoked token presented again costs a cache hit and a list
         # lookup, not a signature check.
         enforce(self._revocations, claims)

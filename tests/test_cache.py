@@ -79,6 +79,46 @@ def test_an_entry_dies_with_its_key() -> None:
     assert len(cache) == 1
 
 
+def test_an_entry_due_for_revalidation_is_kept_for_it_while_its_key_lives() -> None:
+    cache = TokenCache(10)
+    k, c = key(), claims()
+    cache.put("t", c, T0 + 600, k, revalidate_at=T0 + 60)
+    assert cache.get("t", T0 + 59.9) is c
+    assert cache.get("t", T0 + 60) is None  # due: the verifier must ask the key store first
+    assert len(cache) == 1  # but kept, so that costs no signature check
+    assert cache.revalidate("t", T0 + 60, T0 + 90) is c
+    assert cache.get("t", T0 + 89.9) is c
+    assert cache.get("t", T0 + 90) is None
+    # Revalidation never extends an entry past the token's exp.
+    assert cache.revalidate("t", T0 + 90, T0 + 10_000) is c
+    assert cache.get("t", T0 + 599.9) is c
+    assert cache.get("t", T0 + 600) is None
+    assert len(cache) == 0
+    assert cache.revalidate("t", T0 + 90, T0 + 100) is None  # gone for good
+
+
+def test_revalidation_refuses_entries_of_dead_keys_and_past_exp() -> None:
+    cache = TokenCache(10)
+    leaving, staying = key("leaving"), key("staying")
+    cache.put("a", claims("a"), T0 + 600, leaving, revalidate_at=T0 + 60)
+    cache.put("b", claims("b"), T0 + 600, staying, revalidate_at=T0 + 60)
+    leaving.alive = False
+    assert cache.revalidate("a", T0 + 60, T0 + 90) is None
+    assert cache.get("a", T0 + 60) is None
+    assert len(cache) == 1  # a dead key's entry is dropped, not kept for revalidation
+    assert cache.revalidate("b", T0 + 600, T0 + 700) is None  # past exp
+    assert cache.revalidate("unknown", T0, T0 + 1) is None
+
+
+def test_without_revalidate_at_an_entry_lives_until_exp() -> None:
+    cache = TokenCache(10)
+    c = claims()
+    cache.put("t", c, T0 + 60, key())
+    assert cache.get("t", T0 + 59.9) is c
+    cache.put("u", c, T0 + 60, key(), revalidate_at=T0 + 1000)  # never past exp either
+    assert cache.get("u", T0 + 60) is None
+
+
 def test_a_flood_of_distinct_tokens_stays_within_the_bound() -> None:
     cache = TokenCache(100)
     k, c = key(), claims()

@@ -138,8 +138,8 @@ def test_key_set_is_fetched_once_and_cached_for_max_age(
     verifier.verify(server.issuer.mint())
     assert server.requests() == 1
     clock.advance(1)
-    verifier.verify(server.issuer.mint())
-    assert server.requests() == 2
+    verifier.verify(server.issuer.mint())  # stale: answered at once, refreshed in the background
+    wait_for(lambda: server.requests() == 2 and status(verifier)["fresh_for"] == 120)
 
 
 @pytest.mark.parametrize(
@@ -158,7 +158,7 @@ def test_freshness_is_max_age_clamped_or_the_default(
     assert server.requests() == 1
     clock.advance(1)
     verifier.verify(server.issuer.mint())
-    assert server.requests() == 2
+    wait_for(lambda: server.requests() == 2 and status(verifier)["fresh_for"] == ttl)
 
 
 @pytest.mark.anyio
@@ -266,17 +266,20 @@ def test_a_key_that_leaves_the_set_stops_verifying_cached_tokens_at_once(
     assert verifier.verify(kept) is claims_kept
 
 
-def test_a_removed_key_stops_verifying_cached_tokens_once_the_key_set_expires(
+def test_a_removed_key_stops_verifying_cached_tokens_once_the_background_refresh_lands(
     server: IssuerServer, verifier: Verifier, clock: Clock
 ) -> None:
     leaving = server.issuer.add_key("ES256", kid="leaving")
     token = server.issuer.mint(kid=leaving, expires_in=3600)
-    verifier.verify(token)
+    claims = verifier.verify(token)
     server.issuer.remove_key(leaving)
-    clock.advance(60)  # the key set is now expired; nothing but this cached token comes in
+    clock.advance(60)  # the key set is now stale; nothing but this cached token comes in
+    # Stale-while-revalidate: still the cached answer, at once, while the refresh runs.
+    assert verifier.verify(token) is claims
+    wait_for(lambda: "leaving" not in status(verifier)["kids"])
+    assert server.requests() == 2
     with pytest.raises(AuthError):
         verifier.verify(token)
-    assert server.requests() == 2
 
 
 @pytest.mark.anyio
@@ -415,6 +418,7 @@ async def test_stale_if_error_async(server: IssuerServer, clock: Clock, outage: 
         clock.advance(60)
         for _ in range(20):  # keeps verifying with the last good keys; one attempt per interval
             assert (await v.verify_async(server.issuer.mint()))["iss"] == server.url
+        await wait_for_async(lambda: status(v)["last_error"] is not None)  # the background refresh
         st = status(v)
         assert st["usable"]
         assert st["kids"] == kids
@@ -433,6 +437,7 @@ def test_stale_if_error_sync(server: IssuerServer, verifier: Verifier, clock: Cl
     clock.advance(60)
     for _ in range(20):
         assert verifier.verify(server.issuer.mint())["iss"] == server.url
+    wait_for(lambda: status(verifier)["last_error"] is not None)  # the background refresh
     st = status(verifier)
     assert st["usable"]
     assert st["last_error"] is not None
@@ -455,6 +460,7 @@ def test_refused_connection_serves_stale_keys_then_keys_unavailable(clock: Clock
         server.stop()
         clock.advance(60)
         assert v.verify(server.issuer.mint())["iss"] == server.url
+        wait_for(lambda: status(v)["last_error"] is not None)
         assert "ConnectError" in status(v)["last_error"]
         clock.advance(300)  # past the grace
         err = fails("keys_unavailable", lambda: v.verify(server.issuer.mint()))
@@ -490,6 +496,7 @@ def test_an_outage_costs_one_request_per_retry_interval(
     clock.advance(60)
     for _ in range(50):
         verifier.verify(server.issuer.mint())
+    wait_for(lambda: status(verifier)["last_error"] is not None)
     assert server.requests() == 2
     clock.advance(29)
     for _ in range(50):
@@ -544,7 +551,8 @@ async def test_stale_keys_answer_without_waiting_for_a_slow_retry(server: Issuer
         await v.verify_async(server.issuer.mint())
         server.status = 500
         clock.advance(60)
-        await v.verify_async(server.issuer.mint())  # the failing refresh, quick
+        await v.verify_async(server.issuer.mint())  # starts the failing refresh, quick
+        await wait_for_async(lambda: status(v)["last_error"] == "HTTP 500")
         server.status, server.delay = 200, 10.0
         clock.advance(30)
         await v.verify_async(server.issuer.mint())
@@ -564,6 +572,7 @@ def test_stale_keys_answer_without_waiting_for_a_slow_retry_sync(clock: Clock) -
         server.status = 500
         clock.advance(60)
         v.verify(server.issuer.mint())
+        wait_for(lambda: status(v)["last_error"] == "HTTP 500")
         server.status, server.delay = 200, 10.0
         clock.advance(30)
         v.verify(server.issuer.mint())
@@ -674,7 +683,8 @@ def test_discovery_resolves_the_jwks_uri(server: IssuerServer, clock: Clock) -> 
         assert status(v)["jwks_url"] == server.jwks_url
         clock.advance(60)
         v.verify(server.issuer.mint())
-        assert (server.requests(OIDC_PATH), server.requests(JWKS_PATH)) == (1, 2)
+        wait_for(lambda: server.requests(JWKS_PATH) == 2)
+        assert server.requests(OIDC_PATH) == 1
     finally:
         v.close()
 
@@ -728,6 +738,7 @@ def test_304_not_modified_extends_freshness(server: IssuerServer, clock: Clock) 
         server.status = 304
         clock.advance(60)
         v.verify(server.issuer.mint())
+        wait_for(lambda: status(v)["fresh_for"] == 60)
         assert server.requests() == 2
         assert sent[1]["if-none-match"] == '"v1"'
         st = status(v)
@@ -739,7 +750,7 @@ def test_304_not_modified_extends_freshness(server: IssuerServer, clock: Clock) 
         assert server.requests() == 2
         clock.advance(1)
         v.verify(server.issuer.mint())
-        assert server.requests() == 3
+        wait_for(lambda: server.requests() == 3)
     finally:
         v.close()
         client.close()
@@ -787,7 +798,9 @@ async def test_each_issuers_fetch_state_is_independent(
         server.status = 500
         clock.advance(60)
         await v.verify_async(server.issuer.mint())  # stale keys, failing endpoint
-        await v.verify_async(other.issuer.mint())  # fresh fetch, unaffected
+        await v.verify_async(other.issuer.mint())  # stale keys, working endpoint
+        await wait_for_async(lambda: v.status()[0]["last_error"] is not None)
+        await wait_for_async(lambda: v.status()[1]["fresh_for"] == 60)
         first, second = v.status()
         assert first["last_error"] == "HTTP 500"
         assert second["last_error"] is None
@@ -834,3 +847,44 @@ async def test_verify_async_does_not_block_the_event_loop(server: IssuerServer, 
         assert ticks >= 10  # a blocking fetch would have stopped the ticker for 0.5 s
     finally:
         await v.aclose()
+
+
+# -- metrics hooks --------------------------------------------------------------------------------
+
+
+def test_key_stores_count_fetches_and_stale_verifications(
+    server: IssuerServer, other: IssuerServer, clock: Clock
+) -> None:
+    v = two_issuers(server, other, clock)
+    try:
+        stores = v.key_stores()
+        assert list(stores) == [server.url, other.url]
+        store = stores[server.url]
+        assert store is v.key_stores()[server.url]  # the live stores, not copies
+        server.headers = {"ETag": '"v1"'}
+        v.verify(server.issuer.mint())
+        v.verify(server.issuer.mint())
+        assert store.fetch_counts == {"ok": 1, "not_modified": 0, "error": 0}
+        assert store.stale_served == 0  # fresh keys
+        server.status = 304
+        clock.advance(60)
+        v.verify(server.issuer.mint())  # stale: served, and refreshed in the background
+        assert store.stale_served == 1
+        wait_for(lambda: store.fetch_counts["not_modified"] == 1)
+        v.verify(server.issuer.mint())
+        assert store.stale_served == 1  # fresh again
+        server.status = 500
+        clock.advance(60)
+        token = server.issuer.mint()
+        v.verify(token)
+        wait_for(lambda: store.fetch_counts["error"] == 1)
+        v.verify(server.issuer.mint())
+        assert store.stale_served == 3
+        v.verify(token)  # a cache hit is not counted
+        assert store.stale_served == 3
+        assert store.fetch_counts == {"ok": 1, "not_modified": 1, "error": 1}
+        assert stores[other.url].fetch_counts == {"ok": 0, "not_modified": 0, "error": 0}
+        assert v.status()[0]["fetches"] == store.fetch_counts
+        assert v.status()[0]["stale_served"] == 3
+    finally:
+        v.close()

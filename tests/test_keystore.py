@@ -34,9 +34,12 @@ def ok(document: Mapping[str, Any], headers: Mapping[str, str] | None = None) ->
     return FetchResponse(200, dict(headers or {}), json.dumps(document).encode())
 
 
-def drive(store: KeyStore, now: float, *responses: FetchResponse) -> list[FetchRequest]:
-    """Run one refresh, answering its requests in order; return the requests it made."""
-    flow = store.refresh(now)
+def drive(
+    store: KeyStore, now: float, *responses: FetchResponse, kid: str | None = None
+) -> list[FetchRequest]:
+    """Run one refresh (for an unknown ``kid``, if given), answering its requests in order;
+    return the requests it made."""
+    flow = store.refresh(now, kid)
     requests = [next(flow)]
     for response in responses:
         try:
@@ -110,7 +113,15 @@ def test_first_fetch_then_fresh_for_the_ttl(dev: DevIssuer) -> None:
     assert len(kids(store)) == 2
     assert store.status(T0)["fresh_for"] == 100
     assert not store.needs_refresh(T0 + 99.9)
-    assert store.needs_refresh(T0 + 100)
+    assert not store.wants_refresh_ahead(T0 + 99.9)
+    # Expired but within the grace: refreshed in the background, never waited for.
+    assert not store.needs_refresh(T0 + 100)
+    assert store.wants_refresh_ahead(T0 + 100)
+    assert store.usable(T0 + 100) is not None
+    # Past the grace (600): nothing usable, the caller waits.
+    assert store.usable(T0 + 700) is None
+    assert store.needs_refresh(T0 + 700)
+    assert not store.wants_refresh_ahead(T0 + 700)
 
 
 def test_etag_is_sent_back_and_304_extends_freshness_keeping_the_key_objects(dev: DevIssuer) -> None:
@@ -218,9 +229,9 @@ def test_stale_keys_are_refreshed_in_the_background_after_a_failure(dev: DevIssu
     store = remote()
     drive(store, T0, ok(dev.jwks(), {"cache-control": "max-age=100"}))
     expiry = T0 + 100
-    # Expired, never failed: the caller waits for the refresh (a removed key must not verify).
-    assert store.needs_refresh(expiry)
-    assert not store.wants_refresh_ahead(expiry)
+    # Expired, never failed: stale-while-revalidate, the refresh runs in the background.
+    assert not store.needs_refresh(expiry)
+    assert store.wants_refresh_ahead(expiry)
     drive(store, expiry, FetchResponse(502))
     # Stale keys in use: retries go to the background, once per retry_interval.
     assert not store.needs_refresh(expiry + 19)
@@ -267,25 +278,33 @@ def test_refresh_ahead_window(dev: DevIssuer) -> None:
     assert not any(plain.wants_refresh_ahead(T0 + t) for t in (50, 80, 99))
 
 
-def test_unknown_kid_refetch_is_rate_limited(dev: DevIssuer) -> None:
+def test_unknown_kid_refetch_is_immediate_then_rate_limited(dev: DevIssuer) -> None:
     store = remote()
     drive(store, T0, ok(dev.jwks()))
     assert not store.may_refetch_for_kid("second", T0 + 100)  # known
     assert not store.may_refetch_for_kid(None, T0 + 100)  # no kid: nothing to look for
-    assert not store.may_refetch_for_kid("new", T0 + 9.9)  # cooldown since the last fetch
-    assert store.may_refetch_for_kid("new", T0 + 10)
-    drive(store, T0 + 10, ok(dev.jwks()))
-    assert not store.may_refetch_for_kid("other", T0 + 19.9)
-    assert store.may_refetch_for_kid("other", T0 + 20)
+    # A routine fetch a moment ago does not hold up the first unknown kid (a rotation).
+    assert store.may_refetch_for_kid("new", T0)
+    assert store.may_refetch_for_kid("new", T0 + 0.1)
+    drive(store, T0 + 0.1, ok(dev.jwks()), kid="new")
+    # The cooldown counts from that unknown-kid refetch, not from routine fetches.
+    assert not store.may_refetch_for_kid("other", T0 + 10.09)
+    assert store.may_refetch_for_kid("other", T0 + 10.1)
+    drive(store, T0 + 50, ok(dev.jwks()))  # a routine refresh does not start the cooldown
+    assert store.may_refetch_for_kid("other", T0 + 50)
+    drive(store, T0 + 50, ok(dev.jwks()), kid="other")
+    assert not store.may_refetch_for_kid("other", T0 + 59.9)
+    assert store.last_kid_fetch == T0 + 50
 
 
 def test_unknown_kid_refetch_waits_for_the_retry_interval_after_a_failure(dev: DevIssuer) -> None:
     store = remote()  # cooldown 10 < retry_interval 20
     drive(store, T0, ok(dev.jwks()))
-    drive(store, T0 + 10, FetchResponse(500))
+    drive(store, T0 + 10, FetchResponse(500), kid="new")
     assert not store.may_refetch_for_kid("new", T0 + 25)  # cooldown over, outage retry not
-    assert not store.refresh_due(T0 + 25)
+    assert not store.refresh_due(T0 + 25, "new")
     assert store.may_refetch_for_kid("new", T0 + 30)
+    assert store.refresh_due(T0 + 30, "new")
 
 
 def test_refresh_due_is_false_right_after_a_refresh(dev: DevIssuer) -> None:
@@ -293,7 +312,11 @@ def test_refresh_due_is_false_right_after_a_refresh(dev: DevIssuer) -> None:
     assert store.refresh_due(T0)
     drive(store, T0, ok(dev.jwks()))
     assert not store.refresh_due(T0)
-    assert store.refresh_due(T0 + 10)  # an unknown kid may be looked for again
+    assert store.refresh_due(T0, "new")  # an unknown kid is looked for at once
+    assert not store.refresh_due(T0, "second")  # a known one is not
+    drive(store, T0, ok(dev.jwks()), kid="new")
+    assert not store.refresh_due(T0 + 9, "new")  # a waiting caller does not repeat it
+    assert store.refresh_due(T0 + 10, "new")
     static = KeyStore(ISSUER, static=store.keys)
     assert not static.refresh_due(T0)
     assert not static.needs_refresh(T0)
@@ -393,13 +416,14 @@ def test_a_bad_discovery_document_fetches_nothing_from_it(response: FetchRespons
 def test_an_unknown_kid_waits_for_a_refresh_under_way_even_within_the_cooldown(dev: DevIssuer) -> None:
     store = remote()
     drive(store, T0, ok(dev.jwks()))
-    assert not store.may_refetch_for_kid("new", T0 + 5)
-    flow = store.refresh(T0 + 10)  # e.g. another caller's lookup of an unknown kid
+    drive(store, T0 + 5, ok(dev.jwks()), kid="gone")
+    assert not store.may_refetch_for_kid("new", T0 + 10)  # within the cooldown
+    flow = store.refresh(T0 + 10)  # e.g. a background refresh
     next(flow)
     assert store.refreshing == 1
     # Within the cooldown of that attempt, yet it may bring the key: join it, do not reject.
     assert store.may_refetch_for_kid("new", T0 + 10)
-    assert not store.refresh_due(T0 + 10)  # but a driver that waited for it does not fetch again
+    assert not store.refresh_due(T0 + 10, "new")  # but a driver that waited for it does not fetch again
     with pytest.raises(StopIteration):
         flow.send(ok(dev.jwks()))
     assert store.refreshing == 0
@@ -409,3 +433,39 @@ def test_an_unknown_kid_waits_for_a_refresh_under_way_even_within_the_cooldown(d
     next(flow)
     flow.close()
     assert store.refreshing == 0
+
+
+def test_a_background_refresh_is_not_started_while_one_is_under_way(dev: DevIssuer) -> None:
+    store = remote()
+    drive(store, T0, ok(dev.jwks(), {"cache-control": "max-age=100"}))
+    flow = store.refresh(T0 + 100, "new")  # an unknown-kid refetch, still running at expiry
+    next(flow)
+    assert not store.wants_refresh_ahead(T0 + 200)  # past retry_interval, but one is running
+    flow.close()
+    assert store.wants_refresh_ahead(T0 + 200)
+
+
+def test_revalidate_at_is_freshness_then_one_retry_interval_within_the_grace(dev: DevIssuer) -> None:
+    store = remote()
+    drive(store, T0, ok(dev.jwks(), {"cache-control": "max-age=100"}))
+    assert store.revalidate_at(T0 + 50) == T0 + 100
+    assert store.revalidate_at(T0 + 100) == T0 + 120  # retry_interval 20
+    assert store.revalidate_at(T0 + 690) == T0 + 700  # never past the grace (600)
+    static = KeyStore(ISSUER, static=store.keys)
+    assert static.revalidate_at(T0) == float("inf")
+
+
+def test_fetch_counts_by_result(dev: DevIssuer) -> None:
+    store = remote()
+    assert store.fetch_counts == {"ok": 0, "not_modified": 0, "error": 0}
+    drive(store, T0, ok(dev.jwks(), {"etag": '"v1"'}))
+    drive(store, T0 + 300, FetchResponse(304))
+    drive(store, T0 + 600, FetchResponse(304))
+    drive(store, T0 + 900, FetchResponse(500))
+    drive(store, T0 + 920, FetchResponse(error="transport error: ReadTimeout"))
+    drive(store, T0 + 940, ok({"keys": []}))  # an empty set is a failure too
+    assert store.fetch_counts == {"ok": 1, "not_modified": 2, "error": 3}
+    assert store.status(T0 + 940)["fetches"] == store.fetch_counts
+    discovering = remote(discovery_urls=(OIDC,))
+    drive(discovering, T0, FetchResponse(404))
+    assert discovering.fetch_counts == {"ok": 0, "not_modified": 0, "error": 1}

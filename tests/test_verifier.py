@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -113,15 +114,19 @@ def test_unknown_kid_is_not_remembered(issuer: DevIssuer, clock: Clock) -> None:
             issuer.issuer, jwks_url=server.jwks_url, audience="api", clock=clock, rejection_ttl=3600
         )
         verifier.prefetch_sync()
+        published = json.dumps(issuer.jwks()).encode()
         new_kid = issuer.add_key("RS256")
         token = issuer.mint(kid=new_kid)
+        server.body = published  # the issuer signs with a key its JWKS does not show yet
         with pytest.raises(AuthError) as info:
-            verifier.verify(token)  # inside the unknown-kid cooldown: no refetch yet
+            verifier.verify(token)  # the refetch it triggers does not find the key
         assert info.value.description == "The token signing key is unknown"
         assert info.value.kid == new_kid
-        clock.now += 11  # past the cooldown: the same token now triggers a refetch
-        assert verifier.verify(token).kid == new_kid
         assert server.requests() == 2
+        server.body = None
+        clock.now += 10  # past the unknown-kid cooldown: the same token triggers another refetch
+        assert verifier.verify(token).kid == new_kid
+        assert server.requests() == 3
         verifier.close()
 
 
