@@ -41,6 +41,8 @@ from gatekeeper.client import ClientCredentialsAuth, Credentials
 from gatekeeper.devserver import TOKEN_PATH, IssuerServer
 from gatekeeper.issuer import DevIssuer
 
+warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+
 API = "https://api.example/plots"
 CLIENT_ID, SECRET = "bench-worker", "bench-secret"
 TARGET_ADDED_NS = 2_000
@@ -333,15 +335,16 @@ def renewal(idp: IssuerServer, api: Recorder, n: int) -> list[list[str]]:
         ]
     )
 
+    expired = authlib_token(idp, -10)
+
     async def authlib_tasks() -> None:
-        async with AsyncOAuth2Client(
-            token=authlib_token(idp, -10), limits=limits, **authlib_kwargs(idp)
-        ) as client:
+        async with AsyncOAuth2Client(token=expired, limits=limits, **authlib_kwargs(idp)) as client:
             await asyncio.gather(*(client.get(api.url) for _ in range(n)))
 
     with counting(idp, api) as count:
         asyncio.run(authlib_tasks())
-    rows.append(["Authlib AsyncOAuth2Client", f"{n} tasks", str(count["token requests"]), "0", "-"])
+    stale_async = stale(expired["access_token"], count)
+    rows.append(["Authlib AsyncOAuth2Client", f"{n} tasks", str(count["token requests"]), stale_async, "-"])
     return rows
 
 

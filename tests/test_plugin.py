@@ -256,3 +256,32 @@ def test_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-q", "-p", "no:gatekeeper")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'mint_token' not found*"])
+
+
+def _readme_files() -> dict[str, str]:
+    """The README's "Testing your app" files: code blocks whose first line names the file."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text.split("<!-- section:client -->", 1)[1].split("<!-- /section:client -->", 1)[0]
+    files = {}
+    for block in re.findall(r"```python\n(.*?)```", section, re.DOTALL):
+        first, _, body = block.partition("\n")
+        if re.fullmatch(r"# \w+\.py", first):
+            files[first[2:-3]] = body
+    return files
+
+
+def test_readme_examples_pass_as_written(pytester: pytest.Pytester) -> None:
+    files = _readme_files()
+    assert set(files) == {"app", "test_app", "main", "test_main"}
+    # Unique module names (see the imports at the top): the README's "app"/"main" become ours.
+    renamed = {
+        "readme_app": files["app"],
+        "test_readme_app": files["test_app"].replace("from app import", "from readme_app import"),
+        "readme_main": files["main"],
+        "test_readme_main": files["test_main"].replace("from main import", "from readme_main import"),
+    }
+    pytester.makepyfile(**renamed)
+    pytester.runpytest("-q", "-p", "no:randomly").assert_outcomes(passed=5)
