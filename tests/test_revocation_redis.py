@@ -383,3 +383,19 @@ def test_password_from_missing_env_is_an_error(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("GK_NOT_SET", raising=False)
     with pytest.raises(ValueError, match="GK_NOT_SET"):
         RedisSettings.password_from(env="GK_NOT_SET")
+
+
+def test_restart_between_two_reads_is_noticed(processes: Processes, clock: Clock) -> None:
+    # No read in flight when Redis restarts: the connection is re-opened without an error, so
+    # only the epoch tells the follower that the data set is a new (empty) one.
+    a = processes.new(start=False)
+    a._resync()
+    a.publish(jti("kept", clock))
+    assert a._follow_once() is True  # its own change, read back
+    processes.server.restart_empty()
+    assert a._follow_once() is False
+    assert a.synced is False
+    a._resync()
+    assert a.restored == 1
+    fresh = processes.new()
+    assert values(fresh) == {"kept"}
