@@ -19,6 +19,8 @@
     stale_after = 30.0                 # the mirror's age beyond which on_stale applies
     on_stale = "open"                  # "open": keep serving; "closed": 503 every request
     stream_length = 10000              # change stream cap (a follower further behind resyncs)
+    block = 1.0                        # a follower's read waits this long for news
+    coalesce = 0.02                    # pause after a read with news: bursts share one read
 
 The gateway's assembly calls the hooks here (``verifier_options``, ``ops_checks``,
 ``ops_routes``, ``mirror_metrics``): the settings build one :class:`RevocationRuntime` (the
@@ -57,6 +59,7 @@ class RedisConfig:
     on_stale: Literal["open", "closed"] = "open"
     stream_length: int = 10_000
     block: float = 1.0
+    coalesce: float = 0.02
 
 
 @dataclass
@@ -126,6 +129,7 @@ class RevocationSettings:
                     on_stale=redis.on_stale,
                     stream_length=redis.stream_length,
                     block=redis.block,
+                    coalesce=redis.coalesce,
                 ),
             )
             if start:
@@ -205,6 +209,7 @@ def _redis(table: Table) -> RedisConfig:
     on_stale = table.enum("on_stale", ("open", "closed"), default("on_stale"))
     stream_length = table.integer("stream_length", default("stream_length"), minimum=100)
     block = table.number("block", default("block"), positive=True, maximum=60)
+    coalesce = table.number("coalesce", default("coalesce"), minimum=0, maximum=1)
     table.finish()
     return RedisConfig(
         url=url,
@@ -216,6 +221,7 @@ def _redis(table: Table) -> RedisConfig:
         on_stale=on_stale,
         stream_length=stream_length,
         block=block,
+        coalesce=coalesce,
     )
 
 

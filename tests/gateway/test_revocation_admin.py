@@ -318,3 +318,37 @@ def test_redis_password_from_env(tmp_path: Path, issuer: DevIssuer, monkeypatch:
 )
 def test_is_loopback(host: str | None, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_every_redis_key_reaches_the_store(tmp_path: Path, issuer: DevIssuer) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(issuer.jwks()))
+    path = tmp_path / "g.toml"
+    (tmp_path / "redis.pw").write_text("pw-from-file\n")
+    path.write_text(
+        config_text(
+            jwks,
+            '[revocation]\nstore = "redis"\nmax_entries = 500\n[revocation.redis]\nurl = "redis://127.0.0.1:1/3"\n'
+            'password = "file:redis.pw"\nusername = "gk"\nprefix = "tenant-a"\ntimeout = 0.25\n'
+            'stale_after = 12\non_stale = "closed"\nstream_length = 500\nblock = 2\ncoalesce = 0.05',
+        )
+    )
+    settings = load_config(path).revocation
+    runtime = settings.open(start=False)
+    try:
+        store = runtime.store
+        assert runtime.revocations.max_entries == 500
+        assert store.settings.password == "pw-from-file"
+        assert (store.settings.url, store.settings.username, store.settings.prefix) == (
+            "redis://127.0.0.1:1/3",
+            "gk",
+            "tenant-a",
+        )
+        assert (store.settings.timeout, store.settings.stale_after, store.settings.on_stale) == (
+            0.25,
+            12,
+            "closed",
+        )
+        assert (store.settings.stream_length, store.settings.block, store.settings.coalesce) == (500, 2, 0.05)
+    finally:
+        runtime.stop()
