@@ -100,7 +100,7 @@ class RedisSettings:
     stream_length: int = 10_000
     block: float = 1.0
     username: str | None = None
-    coalesce: float = 0.02
+    coalesce: float = 0.005
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("redis://", "rediss://", "unix://")):

@@ -20,7 +20,7 @@
     on_stale = "open"                  # "open": keep serving; "closed": 503 every request
     stream_length = 10000              # change stream cap (a follower further behind resyncs)
     block = 1.0                        # a follower's read waits this long for news
-    coalesce = 0.02                    # pause after a read with news: bursts share one read
+    coalesce = 0.005                   # pause after a read with news: bursts share one read
 
 The gateway's assembly calls the hooks here (``verifier_options``, ``ops_checks``,
 ``ops_routes``, ``mirror_metrics``): the settings build one :class:`RevocationRuntime` (the
@@ -59,7 +59,7 @@ class RedisConfig:
     on_stale: Literal["open", "closed"] = "open"
     stream_length: int = 10_000
     block: float = 1.0
-    coalesce: float = 0.02
+    coalesce: float = 0.005
 
 
 @dataclass
