@@ -46,6 +46,7 @@ from .hop import Headers, strip_hop_by_hop
 from .identity import IdentityHeaders
 from .paths import PathRejected, normalise_path
 from .record import Reporter, RequestRecord
+from .upstream_pool import LeanPool
 
 HostMode = Literal["rewrite", "forward"]
 ForwardedMode = Literal["set", "append", "off"]
@@ -176,7 +177,7 @@ class _Upstream:
             read=settings.read_timeout,
             write=settings.write_timeout,
             pool=settings.connect_timeout,
-        )
+        ).as_dict()
 
 
 class ReverseProxy:
@@ -202,13 +203,13 @@ class ReverseProxy:
         self._routes = [(compile_pattern(route.path), _Upstream(route.upstream)) for route in settings.routes]
         self._token_params = frozenset(gate.source.query_params)
         self._in_flight = 0
-        self.client = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=settings.pool_size, max_keepalive_connections=settings.pool_size
-            ),
-            follow_redirects=False,  # a redirect is the upstream's answer to the client
-            trust_env=False,  # no proxy or netrc from the environment between us and upstream
-        )
+        self.transport = LeanPool(settings.pool_size)
+        # The one client owns the pool. Requests go to its transport directly: a proxy wants
+        # none of a client's session features (a cookie jar would replay one client's
+        # Set-Cookie to the next client; default headers such as User-Agent would be added to
+        # requests; redirects are the upstream's answer to the client), and skipping them is
+        # also most of the client's per-request cost.
+        self.client = httpx.AsyncClient(transport=self.transport, follow_redirects=False, trust_env=False)
 
     @property
     def in_flight(self) -> int:
@@ -400,19 +401,19 @@ class ReverseProxy:
             name == b"transfer-encoding" for name, _ in scope["headers"]
         )
         content = self._request_body(receive, self.settings.max_request_body) if has_body else None
-        request = self.client.build_request(
+        request = httpx.Request(
             scope["method"],
             upstream.url.copy_with(raw_path=target),
             headers=headers,
             content=content,
-            timeout=upstream.timeout,
+            extensions={"timeout": upstream.timeout},
         )
         total = upstream.settings.total_timeout
         deadline = anyio.current_time() + total if total is not None else float("inf")
         sent = time.perf_counter()
         try:
             with _deadline(deadline):
-                response = await self.client.send(request, stream=True)
+                response = await self.transport.handle_async_request(request)
         except BodyTooLarge:
             await self._too_large(send, record)
             return

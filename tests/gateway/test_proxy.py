@@ -10,6 +10,7 @@ Authorization), X-Forwarded-*, Host, path normalisation, per-route upstreams, th
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 import time
@@ -273,6 +274,56 @@ def test_connection_naming_an_identity_header_cannot_remove_the_verified_one(
     assert seen["x-auth-subject"] == ["alice"]
     assert seen["x-auth-client-id"] == ["app-1"]
     assert "connection" not in seen or "x-auth" not in seen["connection"][0].lower()
+
+
+def test_an_upstream_cookie_is_never_replayed_to_another_request(make_proxy: MakeProxy) -> None:
+    # A client library's cookie jar in the proxy would send one client's session to the next.
+    proxy = make_proxy()
+    set_cookie = proxy.get("/open/cookie")
+    assert set_cookie.headers["set-cookie"] == "session=upstream-secret; Path=/"
+    seen = seen_headers(proxy.get("/open/echo"))
+    assert "cookie" not in seen
+
+
+def test_the_proxy_adds_no_client_library_headers(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy()
+    response = proxy.raw(b"GET /open/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    body = json.loads(response.partition(b"\r\n\r\n")[2])
+    names = {name for name, _ in body["headers"]}
+    assert names == {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+
+
+def test_upstream_connections_are_kept_alive_and_reused(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy()
+    with httpx.Client() as client:  # one client connection: requests one after another
+        for _ in range(3):
+            assert client.get(proxy.url + "/open/echo").status_code == 200
+    assert proxy.app.transport.open_connections == 1
+
+
+def test_a_connection_the_upstream_closes_is_not_reused(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy()
+    assert proxy.get("/open/close").json() == {"close": True}
+    proxy.wait_records()
+    assert proxy.app.transport.open_connections == 0
+    assert proxy.get("/open/echo").status_code == 200
+
+
+def test_an_idle_connection_closed_by_the_upstream_is_replaced(make_proxy: MakeProxy) -> None:
+    # The upstream drops idle keep-alive connections after 1 s; the next request must not be
+    # sent on the dead one (its socket reads EOF: the pool discards it and connects anew).
+    with Upstream(timeout_keep_alive=1) as short:
+        proxy = make_proxy(upstream_url=short.url)
+        assert proxy.get("/open/echo").status_code == 200
+        proxy.wait_records()
+        (stack,) = proxy.app.transport._idle.values()
+        (idle,) = stack
+        deadline = time.monotonic() + 10
+        while not select.select([idle.sock.fileno()], [], [], 0.05)[0]:
+            assert time.monotonic() < deadline, "the upstream never closed the idle connection"
+        response = proxy.get("/open/echo")
+        assert response.status_code == 200
+        assert proxy.app.transport.open_connections == 1
 
 
 # -- hop-by-hop headers --------------------------------------------------------------------

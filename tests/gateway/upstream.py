@@ -14,6 +14,8 @@
 - ``/status?code=C``: status C with ``WWW-Authenticate: Bearer realm="upstream"`` and a body
   ``{"upstream": C}`` (the upstream's own 401 must pass through the proxy untouched).
 - ``/slow?delay=S``: answers after S seconds (for timeouts).
+- ``/cookie``: sets a cookie (``Set-Cookie: session=upstream-secret``); ``/close``: answers with
+  ``Connection: close`` and closes the connection.
 - ``/hop``: a response carrying hop-by-hop headers (``Connection: X-Upstream-Hop``,
   ``X-Upstream-Hop``, ``Keep-Alive``, ``Proxy-Authenticate``, ``Upgrade``) plus ``X-End-To-End``.
 - websocket ``/ws/**``: sends the handshake it saw as a JSON text message first (``path``,
@@ -95,6 +97,14 @@ class UpstreamApp:
         elif path == "/slow":
             await asyncio.sleep(float(params.get("delay", 1)))
             await self._json(send, {"slow": True})
+        elif path == "/cookie":
+            headers = [
+                (b"set-cookie", b"session=upstream-secret; Path=/"),
+                (b"content-type", b"application/json"),
+            ]
+            await self._json(send, {"cookie": "set"}, 200, headers)
+        elif path == "/close":
+            await self._json(send, {"close": True}, 200, [(b"connection", b"close")])
         elif path == "/hop":
             headers = [
                 (b"connection", b"X-Upstream-Hop"),
