@@ -192,26 +192,51 @@ class RawResponse:
 def raw_request(
     port: int,
     target: str | bytes,
-    headers: list[tuple[str, str]] = (),
-    method: str = "GET",  # type: ignore[assignment]
+    headers: list[tuple[str, str]] | None = None,
+    method: str = "GET",
+    body: bytes = b"",
+    keep_alive: bool = False,
 ) -> RawResponse:
     """One request with ``target`` exactly as given (no client-side normalisation), over a
-    fresh connection closed afterwards."""
+    fresh connection. With ``keep_alive`` the request does not ask for the connection to be
+    closed (as browsers do) and the response is read by its framing."""
     if isinstance(target, str):
         target = target.encode("latin-1")
-    lines = [method.encode() + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
-    lines += [f"{k}: {v}".encode("latin-1") for k, v in headers]
+    lines = [method.encode() + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1"]
+    if not keep_alive:
+        lines.append(b"Connection: close")
+    lines += [f"{k}: {v}".encode("latin-1") for k, v in headers or ()]
+    if body:
+        lines.append(b"Content-Length: " + str(len(body)).encode())
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n")
+        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
         data = b""
-        while chunk := sock.recv(65536):
+        while (chunk := sock.recv(65536)) and not _complete(data + chunk, method):
             data += chunk
+        data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     parsed = [(k.strip().lower(), v.strip()) for k, _, v in (h.partition(":") for h in header_lines)]
     if any(k == "transfer-encoding" and "chunked" in v.lower() for k, v in parsed):
         body = _dechunk(body)
     return RawResponse(int(status_line.split(" ")[1]), parsed, body)
+
+
+def _complete(data: bytes, method: str) -> bool:
+    """Whether ``data`` holds a whole response (by Content-Length or the last chunk)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    lowered = head.lower()
+    if method == "HEAD" or b" 204 " in head.split(b"\r\n", 1)[0] or b" 304 " in head.split(b"\r\n", 1)[0]:
+        return True
+    for line in lowered.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip() == b"content-length":
+            return len(body) >= int(value.strip())
+    if b"transfer-encoding: chunked" in lowered:
+        return body.endswith(b"0\r\n\r\n")
+    return False  # read until the server closes
 
 
 def _dechunk(data: bytes) -> bytes:

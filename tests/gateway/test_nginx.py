@@ -231,3 +231,14 @@ def test_a_client_cannot_choose_the_original_uri(stacks: Stacks) -> None:
     response = stack.get("/admin/x", stack.issuer.mint(scope="read"), headers=forged)
     assert response.status == 403, response  # nginx.conf's own values replaced the client's
     assert response.json()["scope"] == "admin"
+
+
+def test_requests_with_a_body_are_decided_and_forwarded(stacks: Stacks) -> None:
+    stack = stacks("placewise")
+    body = b"x" * 100_000
+    allowed = stack.get("/items", stack.issuer.mint(), method="POST", body=body)
+    assert allowed.status == 200, allowed
+    assert allowed.json()["body_bytes"] == len(body)  # the auth call did not eat the body
+    denied = stack.get("/items", stack.issuer.mint(expires_in=-3600), method="POST", body=body)
+    assert denied.status == 460  # the render call keeps the method, drops the body
+    assert denied.json() == {"error": "Member not authorized"}
