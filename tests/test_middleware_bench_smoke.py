@@ -38,6 +38,7 @@ def assert_in_process_table(stdout: str) -> None:
     assert "PASS" in cached or "MISS" in cached
     assert any(line.startswith("| gatekeeper, no cache ") for line in lines)
     assert any(line.startswith("| of which verifier.cached(token) alone ") for line in lines)
+    assert any(line.startswith("| in front of the Starlette app, cached token ") for line in lines)
 
 
 def test_quick_run_prints_the_tables_for_both_stacks() -> None:
