@@ -93,6 +93,10 @@ def test_normal_form(raw: str, normal: str) -> None:
         ("/admin%ff", "not UTF-8"),
         ("/admin%c3", "not UTF-8"),
         ("/admin%ed%a0%80", "not UTF-8"),  # an encoded surrogate
+        ("/public/%c0%ae%c0%ae/admin", "not UTF-8"),  # overlong UTF-8 dots (old IIS, Tomcat)
+        ("/public/%u002e%u002e/admin", "invalid percent-encoding"),  # IIS %u escapes
+        ("/public/..%c0%afadmin", "not UTF-8"),  # overlong "/"
+        ("/admin/..;/x", "';'"),  # Tomcat: "..;" is a dot segment behind a reverse proxy
         ("/café", "non-ASCII"),
         ("/a b", "must be percent-encoded"),
         ("/a<b>", "must be percent-encoded"),
