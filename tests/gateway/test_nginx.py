@@ -108,6 +108,10 @@ def test_a_query_token_never_reaches_the_upstream(stacks: Stacks) -> None:
     assert token not in response.body.decode()
     only = stack.get(f"/items?bearer_token={token}").json()
     assert (only["path"], only["query"]) == ("/items", "")
+    # gatekeeper's access log has the decision, with the token only as a fingerprint
+    log = stack.gatekeeper.access_log.read_text()
+    assert token not in log
+    assert "bearer_token=[redacted]" in log
 
 
 def test_client_identity_headers_never_reach_the_upstream(stacks: Stacks) -> None:
