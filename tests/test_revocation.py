@@ -363,3 +363,21 @@ def test_cached_probe_looks_at_the_list_once_per_change(
     assert len(looked) == 1  # one lookup after the change, then the generation matches again
     verifier.revoke(sub="alice")
     assert verifier.cached(token) is None
+
+
+def test_readme_revocation_example_runs_and_prints_its_comments() -> None:
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[
+        readme.index("<!-- section:revocation -->") : readme.index("<!-- /section:revocation -->")
+    ]
+    [block] = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(block, "README.md", "exec"), {})
+    promised = [m.group(1).strip() for m in re.finditer(r"print\(.*\)\s+# (.*)", block)]
+    assert out.getvalue().splitlines() == promised
