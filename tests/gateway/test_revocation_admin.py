@@ -4,6 +4,7 @@ entry and the metrics: through the assembled gateway (``build_gateway``) and rea
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,8 +250,6 @@ def test_redis_store_through_the_admin_endpoint(
             assert client.post("/revocations", json={"sub": "alice"}).status_code == 201
             assert client.get("/readyz").json()["revocation"]["status"] == "ok"
         store = second.config.revocation.runtime_for(second.verifier).store
-        import time
-
         deadline = time.monotonic() + 10
         while kind_of(second, token) is None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -352,3 +351,34 @@ def test_every_redis_key_reaches_the_store(tmp_path: Path, issuer: DevIssuer) ->
         assert (store.settings.stream_length, store.settings.block, store.settings.coalesce) == (500, 2, 0.05)
     finally:
         runtime.stop()
+
+
+def test_fail_closed_stale_mirror_makes_readyz_503(tmp_path: Path, issuer: DevIssuer) -> None:
+    gw = make_gateway(
+        tmp_path,
+        issuer,
+        '[revocation]\nstore = "redis"\n[revocation.redis]\n'
+        f'url = "redis://127.0.0.1:{free_port()}/0"\ntimeout = 0.2\nstale_after = 30\non_stale = "closed"',
+    )
+    runtime = gw.config.revocation.runtime_for(gw.verifier)
+    store = runtime.store
+    token = issuer.mint()
+    try:
+        with TestClient(gw.ops) as client:
+            assert client.get("/readyz").status_code == 200  # degraded, not yet stale
+            assert gw.verifier.verify(token)
+            now = [store._monotonic()]
+            store._monotonic = lambda: now[0]  # the mirror's age, moved by hand
+            now[0] += 31
+            deadline = time.monotonic() + 10
+            while not runtime.revocations.blocked and time.monotonic() < deadline:
+                time.sleep(0.01)  # the follower applies the policy on its next retry
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["revocation"]["blocked"] is True
+            with pytest.raises(AuthError) as info:
+                gw.verifier.verify(token)
+            assert info.value.kind == "keys_unavailable"
+            assert "gatekeeper_revocation_blocked 1.0" in client.get("/metrics").text
+    finally:
+        stop_runtimes(gw)
