@@ -115,19 +115,23 @@ class SyncFetcher:
                 self._background.discard(store)
 
     def _drive(self, flow: RefreshFlow, store: KeyStore) -> None:
-        deadline = time.monotonic() + store.policy.timeout  # for the whole refresh
         try:
+            # Building the client takes tens of ms the first time (the CA bundle): not part of
+            # the fetch's time. The deadline then bounds the whole refresh.
+            client = self._http()
+            deadline = time.monotonic() + store.policy.timeout
             request = next(flow)
             while True:
-                request = flow.send(self._get(request, store, deadline))
+                request = flow.send(self._get(client, request, store, deadline))
         except StopIteration:
             pass
         finally:
             flow.close()  # on an unexpected error too: the store must not think it is refreshing
 
-    def _get(self, request: FetchRequest, store: KeyStore, deadline: float) -> FetchResponse:
+    def _get(
+        self, client: httpx.Client, request: FetchRequest, store: KeyStore, deadline: float
+    ) -> FetchResponse:
         policy = store.policy
-        client = self._http()  # the first one takes tens of ms (CA bundle): not part of the fetch
         # httpx's timeout applies to each phase (connect, each read), so each gets what is left
         # of the deadline, which also bounds a body that trickles in. A server trickling its
         # headers can still take ~2x what is left.
@@ -205,20 +209,24 @@ class AsyncFetcher:
             del self._inflight[store]
 
     async def _drive(self, store: KeyStore, kid: str | None) -> None:
+        # Building the client takes tens of ms the first time (in a thread): not part of the
+        # fetch's time. The deadline then bounds the whole refresh.
+        client = await self._http()
         flow = store.refresh(self._clock(), kid)
-        deadline = asyncio.get_running_loop().time() + store.policy.timeout  # the whole refresh
+        deadline = asyncio.get_running_loop().time() + store.policy.timeout
         try:
             request = next(flow)
             while True:
-                request = flow.send(await self._get(request, store, deadline))
+                request = flow.send(await self._get(client, request, store, deadline))
         except StopIteration:
             pass
         finally:
             flow.close()  # cancelled (aclose) or failed: the store must not think it is refreshing
 
-    async def _get(self, request: FetchRequest, store: KeyStore, deadline: float) -> FetchResponse:
+    async def _get(
+        self, client: httpx.AsyncClient, request: FetchRequest, store: KeyStore, deadline: float
+    ) -> FetchResponse:
         policy = store.policy
-        client = await self._http()
         try:
             async with asyncio.timeout_at(deadline):
                 async with client.stream(
