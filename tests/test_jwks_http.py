@@ -604,6 +604,32 @@ def test_fetch_timeout_sync(server: IssuerServer, verifier: Verifier) -> None:
     assert "Timeout" in status(verifier)["last_error"]
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("colour", ["sync", "async"])
+async def test_building_the_http_client_is_not_part_of_the_fetch_timeout(
+    server: IssuerServer, clock: Clock, monkeypatch: pytest.MonkeyPatch, colour: str
+) -> None:
+    # The first client loads the CA bundle (tens of ms, more on a busy machine): that must not
+    # eat the fetch's budget, or the first fetch fails with no request sent.
+    cls = httpx.Client if colour == "sync" else httpx.AsyncClient
+    real = cls.__init__
+
+    def slow(self: Any, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.3)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__init__", slow)
+    v = make(server, clock, replace(POLICY, timeout=0.2))
+    try:
+        if colour == "sync":
+            assert v.verify(server.issuer.mint())["iss"] == server.url
+        else:
+            assert (await v.verify_async(server.issuer.mint()))["iss"] == server.url
+        assert server.requests() == 1
+    finally:
+        await v.aclose()
+
+
 @pytest.mark.parametrize("compressed", [False, True])
 def test_fetch_size_limit(server: IssuerServer, verifier: Verifier, compressed: bool) -> None:
     if compressed:
