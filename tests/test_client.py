@@ -392,7 +392,10 @@ async def test_a_cancelled_leader_hands_the_flight_over(idp: IssuerServer, api: 
     idp.token_delay = 0.3
     async with httpx.AsyncClient(auth=auth) as client:
         leader = asyncio.create_task(client.get(api.url))
-        await asyncio.sleep(0.1)  # the leader's token request is now in flight
+        for _ in range(500):  # until the leader's token request has reached the issuer
+            if token_requests(idp) == 1:
+                break
+            await asyncio.sleep(0.01)
         followers = [asyncio.create_task(client.get(api.url)) for _ in range(5)]
         await asyncio.sleep(0.05)
         leader.cancel()
