@@ -718,3 +718,37 @@ def test_no_token_or_secret_in_logs_or_reprs(
         assert secret not in text
     assert fingerprint(refused or "") in caplog.text
     assert f"fp:{fingerprint(SECRET)}" in repr(slot.credentials)
+
+
+def test_token_request_form_and_reprs_hide_secrets() -> None:
+    creds = Credentials(
+        "https://idp.example/token?tenant=1",
+        "id",
+        client_secret="client-pw",
+        grant="password",
+        username="ops",
+        password="user-pw",
+        scope=["a", "b"],
+        resource="https://api.example/",
+        refresh_token="refresh-value",
+        extra={"tenant": "t1"},
+    )
+    assert creds.grant_form(None) == {
+        "grant_type": "password",
+        "username": "ops",
+        "password": "user-pw",
+        "scope": "a b",
+        "resource": "https://api.example/",
+        "tenant": "t1",
+    }
+    form = creds.grant_form("refresh-value")
+    assert form["grant_type"] == "refresh_token"
+    assert "password" not in form
+    headers: dict[str, str] = {}
+    assert creds.authenticate(form, headers) == {"client-pw", "user-pw", "refresh-value"}
+    assert form["client_secret"] == "client-pw"
+    assert headers == {}
+    shown = repr(creds)
+    for secret in ("client-pw", "user-pw", "refresh-value"):
+        assert secret not in shown
+    assert creds.endpoint == "https://idp.example/token"
