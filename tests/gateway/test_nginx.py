@@ -246,3 +246,8 @@ def test_requests_with_a_body_are_decided_and_forwarded(stacks: Stacks) -> None:
     denied = stack.get("/items", stack.issuer.mint(expires_in=-3600), method="POST", body=body)
     assert denied.status == 460  # the render call keeps the method, drops the body
     assert denied.json() == {"error": "Member not authorized"}
+
+
+def test_a_missing_proxy_skips_with_how_to_install_it() -> None:
+    with pytest.raises(pytest.skip.Exception, match=r"apt-get install no-such-proxy"):
+        require("no-such-proxy")
