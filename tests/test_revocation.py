@@ -381,3 +381,33 @@ def test_readme_revocation_example_runs_and_prints_its_comments() -> None:
         exec(compile(block, "README.md", "exec"), {})
     promised = [m.group(1).strip() for m in re.finditer(r"print\(.*\)\s+# (.*)", block)]
     assert out.getvalue().splitlines() == promised
+
+
+@pytest.mark.anyio
+async def test_middleware_refuses_a_cached_token_once_revoked(verifier: Verifier, issuer: DevIssuer) -> None:
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from gatekeeper import GatekeeperMiddleware
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    app = GatekeeperMiddleware(Starlette(routes=[Route("/", hello)]), verifier=verifier, prefetch_keys=False)
+    token = issuer.mint(subject="alice")
+    headers = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as client:
+        assert (await client.get("/", headers=headers)).status_code == 200
+        assert (await client.get("/", headers=headers)).status_code == 200  # from the cache
+        await verifier.revoke_async(sub="alice")
+        refused = await client.get("/", headers=headers)
+    assert refused.status_code == 401
+    assert (
+        'error="invalid_token", error_description="The access token has been revoked"'
+        in (refused.headers["www-authenticate"])
+    )
