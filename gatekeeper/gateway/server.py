@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -39,7 +40,12 @@ from .metrics import MULTIPROC_ENV, mark_process_dead
 logger = logging.getLogger("gatekeeper.gateway")
 
 #: A worker that dies sooner than this after starting is not restarted: it would only die again.
-MIN_WORKER_LIFETIME = 5.0
+MIN_WORKER_LIFETIME = 1.0
+#: Exit codes of a worker that could not start (uvicorn's startup failure, a config error):
+#: restarting it would fail the same way.
+STARTUP_FAILURES = frozenset({2, 3})
+#: How long past ``shutdown_timeout`` the supervisor waits for a draining worker before SIGKILL.
+KILL_GRACE = 10.0
 
 
 class _Server(uvicorn.Server):
@@ -75,7 +81,8 @@ def _uvicorn_config(app: Any, config: GatewayConfig, *, lifespan: Literal["on", 
         access_log=False,  # our own access log has the decision; uvicorn's would repeat the path
         server_header=False,
         proxy_headers=False,  # X-Forwarded-* are the proxy's business, per its settings
-        timeout_graceful_shutdown=int(config.server.shutdown_timeout) or None,
+        # uvicorn takes whole seconds; 0 must stay 0 (do not wait), never None (wait forever).
+        timeout_graceful_shutdown=math.ceil(config.server.shutdown_timeout),
         loop=config.server.loop,
         http=config.server.http,
     )
@@ -107,6 +114,9 @@ async def run_worker(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+            # Drained: a repeated SIGTERM (a supervisor or an impatient operator) must not turn
+            # the clean exit into death by signal during the last teardown.
+            signal.signal(sig, signal.SIG_IGN)
     return 0 if main.started else 3
 
 
@@ -152,6 +162,7 @@ class _Supervisor:
         self.processes: list[Any] = []
         self.started: dict[int, float] = {}
         self.stopping = False
+        self.stopped_at = math.inf
 
     def _start(self) -> Any:
         process = self.context.Process(
@@ -163,11 +174,17 @@ class _Supervisor:
         return process
 
     def _stop(self, sig: int, frame: Any) -> None:
+        if not self.stopping:
+            self.stopped_at = time.monotonic()
         self.stopping = True
         for process in self.processes:
             if process.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGTERM)
+        # No restarts from now on: drop our copies of the listening sockets, so that once the
+        # workers close theirs new connections are refused rather than left in the backlog.
+        for sock in self.sockets:
+            sock.close()
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -176,6 +193,13 @@ class _Supervisor:
             self.processes = [self._start() for _ in range(self.workers)]
             while any(process.is_alive() for process in self.processes):
                 wait([process.sentinel for process in self.processes if process.is_alive()], timeout=0.5)
+                if time.monotonic() > self.stopped_at + self.config.server.shutdown_timeout + KILL_GRACE:
+                    # A worker that outlives its own drain bound is stuck: end it.
+                    for process in self.processes:
+                        if process.is_alive():
+                            logger.error("worker %d did not stop in time: killing it", process.pid)
+                            process.kill()
+                            failed = True
                 for index, process in enumerate(self.processes):
                     if process.is_alive() or process.exitcode is None:
                         continue
@@ -183,9 +207,13 @@ class _Supervisor:
                         mark_process_dead(process.pid)
                         lifetime = time.monotonic() - self.started.pop(process.pid)
                         if self.stopping:
-                            failed = failed or process.exitcode != 0
+                            # -SIGTERM: our signal reached a worker still starting (no handler
+                            # yet, so nothing in flight either); anything else is a failure.
+                            if process.exitcode not in (0, -signal.SIGTERM):
+                                logger.error("worker %d exited with %s", process.pid, process.exitcode)
+                                failed = True
                             continue
-                        if lifetime < MIN_WORKER_LIFETIME:
+                        if lifetime < MIN_WORKER_LIFETIME or process.exitcode in STARTUP_FAILURES:
                             logger.error(
                                 "worker %d exited with %s at startup; stopping", process.pid, process.exitcode
                             )
@@ -220,7 +248,7 @@ def serve(config: GatewayConfig, *, workers: int | None = None) -> int:
         )
         return 1
     logger.info(
-        "gatekeeper serving on %s (ops on %s) with %d worker(s)",
+        "serving on %s (ops on %s), %d worker(s)",
         config.server.listen,
         config.server.ops_listen,
         count,
