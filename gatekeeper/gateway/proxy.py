@@ -46,7 +46,7 @@ from .hop import Headers, strip_hop_by_hop
 from .identity import IdentityHeaders
 from .paths import PathRejected, normalise_path
 from .record import Reporter, RequestRecord
-from .upstream_pool import LeanPool
+from .upstream_pool import Exchange, LeanPool
 
 HostMode = Literal["rewrite", "forward"]
 ForwardedMode = Literal["set", "append", "off"]
@@ -169,6 +169,12 @@ class _Upstream:
             raise ValueError(f"upstream url cannot carry a query or fragment: {settings.url!r}")
         self.settings = settings
         self.url = httpx.URL(settings.url)
+        # (scheme, host, port) as the pool keys connections; IPv6 hosts without brackets.
+        self.origin = (
+            self.url.raw_scheme,
+            self.url.raw_host,
+            self.url.port or (443 if parts.scheme == "https" else 80),
+        )
         self.base_path = parts.path.rstrip("/").encode("ascii")
         self.netloc = parts.netloc.encode("ascii")
         self.ws_url = ("wss" if parts.scheme == "https" else "ws") + "://" + parts.netloc
@@ -253,7 +259,7 @@ class ReverseProxy:
     async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         method: str = scope["method"]
-        record = RequestRecord("proxy", method, self.logged_path(scope), 0, "error", 0.0, 0.0)
+        record = RequestRecord("proxy", method, "", 0, "error", 0.0, 0.0)
         try:
             await self._handle(scope, receive, send, record, started)
         finally:
@@ -278,6 +284,7 @@ class ReverseProxy:
         try:
             path = normalise_path(raw_path)
         except PathRejected as rejected:
+            record.path = self.logged_path(scope)
             record.error_kind = "bad_path"
             await self._render(send, record, AuthError("invalid_request", rejected.reason), 400)
             return
@@ -401,19 +408,21 @@ class ReverseProxy:
             name == b"transfer-encoding" for name, _ in scope["headers"]
         )
         content = self._request_body(receive, self.settings.max_request_body) if has_body else None
-        request = httpx.Request(
-            scope["method"],
-            upstream.url.copy_with(raw_path=target),
-            headers=headers,
-            content=content,
-            extensions={"timeout": upstream.timeout},
-        )
+        if has_body and length is None:
+            headers.append((b"transfer-encoding", b"chunked"))  # h11 frames what streams in
         total = upstream.settings.total_timeout
         deadline = anyio.current_time() + total if total is not None else float("inf")
         sent = time.perf_counter()
         try:
             with _deadline(deadline):
-                response = await self.transport.handle_async_request(request)
+                response = await self.transport.exchange(
+                    scope["method"].encode("ascii"),
+                    upstream.origin,
+                    target,
+                    headers,
+                    content,
+                    upstream.timeout,
+                )
         except BodyTooLarge:
             await self._too_large(send, record)
             return
@@ -435,16 +444,16 @@ class ReverseProxy:
             )
             return
         record.upstream_latency = time.perf_counter() - sent
-        record.upstream_status = record.status = response.status_code
+        record.upstream_status = record.status = response.status
         try:
             await send(
                 {
                     "type": "http.response.start",
-                    "status": response.status_code,
-                    "headers": strip_hop_by_hop(response.headers.raw),
+                    "status": response.status,
+                    "headers": strip_hop_by_hop(response.headers),
                 }
             )
-            size = content_length(response.headers.raw)
+            size = content_length(response.headers)
             with _deadline(deadline):
                 if size is not None and 0 <= size <= _SMALL_BODY:
                     await _relay(response, send)
@@ -546,7 +555,7 @@ async def send_rendered(send: Send, rendered: ErrorResponse) -> None:
     await send({"type": "http.response.body", "body": rendered.body})
 
 
-async def _relay(response: httpx.Response, send: Send) -> None:
+async def _relay(response: Exchange, send: Send) -> None:
     # aiter_raw: the bytes as the upstream encoded them (gzip stays gzip), each chunk sent on
     # as soon as it arrives, which is what delivers server-sent events one by one.
     async for chunk in response.aiter_raw():
@@ -554,7 +563,7 @@ async def _relay(response: httpx.Response, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _relay_watching(response: httpx.Response, receive: Receive, send: Send) -> None:
+async def _relay_watching(response: Exchange, receive: Receive, send: Send) -> None:
     """:func:`_relay`, stopped when the client disconnects (a server's ``send`` after a
     disconnect is silently dropped, so without this a gone client's 1 GiB download, or an
     endless event stream, would still be pulled from the upstream)."""

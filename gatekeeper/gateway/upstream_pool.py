@@ -24,7 +24,7 @@ import asyncio
 import select
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -68,25 +68,49 @@ class _Connection:
         self.sock = sock
 
 
-class _Body(httpx.AsyncByteStream):
-    """The response body; closing it hands the connection back to the pool."""
+class Exchange:
+    """One request's response: ``status``, ``headers`` (the upstream's, as received), the body
+    through :meth:`aiter_raw`; :meth:`aclose` hands the connection back to the pool."""
+
+    __slots__ = ("_closed", "_connection", "_pool", "headers", "response", "status")
 
     def __init__(self, pool: LeanPool, connection: _Connection, response: httpcore.Response) -> None:
         self._pool = pool
         self._connection = connection
-        self._response = response
+        self.response = response
+        self.status: int = response.status
+        self.headers: list[tuple[bytes, bytes]] = response.headers
+        self._closed = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        """The body as the upstream encoded it, chunk by chunk as it arrives."""
         with _httpx_errors():
-            async for chunk in self._response.stream:  # type: ignore[union-attr]
+            async for chunk in self.response.stream:  # type: ignore[union-attr]
                 yield chunk
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         try:
             with _httpx_errors():
-                await self._response.aclose()
+                await self.response.aclose()
         finally:
             await self._pool.release(self._connection)
+
+
+class _Body(httpx.AsyncByteStream):
+    """An :class:`Exchange`'s body as an httpx stream."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._exchange.aiter_raw():
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._exchange.aclose()
 
 
 class LeanPool(httpx.AsyncBaseTransport):
@@ -107,33 +131,57 @@ class LeanPool(httpx.AsyncBaseTransport):
         return self._open
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """The ``httpx`` transport interface (for any client built on this pool)."""
         url = request.url
         scheme = url.raw_scheme
-        port = url.port or (443 if scheme == b"https" else 80)
-        origin: Origin = (scheme, url.raw_host, port)
-        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        origin: Origin = (scheme, url.raw_host, url.port or (443 if scheme == b"https" else 80))
+        exchange = await self.exchange(
+            request.method.encode("ascii"),
+            origin,
+            url.raw_path,
+            request.headers.raw,
+            request.stream,  # type: ignore[arg-type]
+            request.extensions.get("timeout", {}),
+        )
+        return httpx.Response(
+            status_code=exchange.status,
+            headers=exchange.headers,
+            stream=_Body(exchange),
+            extensions=exchange.response.extensions,
+        )
+
+    async def exchange(
+        self,
+        method: bytes,
+        origin: Origin,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        content: AsyncIterable[bytes] | None,
+        timeouts: Mapping[str, float | None],
+    ) -> Exchange:
+        """Send a request (``headers`` complete: ``Host`` and body framing included) and return
+        once the response headers are in; the body is read from the :class:`Exchange`.
+
+        The proxy's hot path: no ``httpx.URL``/``Request``/``Response`` objects are built (their
+        parsing and validation cost more than the proxying), errors are still httpx's."""
         connection = await self._take_idle(origin)
         if connection is None:
             connection = await self._connect(origin, timeouts)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(scheme=scheme, host=url.raw_host, port=port, target=url.raw_path),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
+        scheme, host, port = origin
+        request = httpcore.Request(
+            method=method,
+            url=httpcore.URL(scheme=scheme, host=host, port=port, target=target),
+            headers=list(headers),
+            content=content,
+            extensions={"timeout": dict(timeouts)},
         )
         try:
             with _httpx_errors():
-                response = await connection.http.handle_async_request(core_request)
+                response = await connection.http.handle_async_request(request)
         except BaseException:
             await self._discard(connection)
             raise
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_Body(self, connection, response),
-            extensions=response.extensions,
-        )
+        return Exchange(self, connection, response)
 
     async def _take_idle(self, origin: Origin) -> _Connection | None:
         stack = self._idle.get(origin)
@@ -144,7 +192,7 @@ class LeanPool(httpx.AsyncBaseTransport):
             await self._discard(connection)
         return None
 
-    async def _connect(self, origin: Origin, timeouts: dict[str, float | None]) -> _Connection:
+    async def _connect(self, origin: Origin, timeouts: Mapping[str, float | None]) -> _Connection:
         await self._slot(timeouts.get("pool"))
         self._open += 1
         try:

@@ -193,6 +193,14 @@ def _error(kind: Any) -> Any:
     return AuthError(kind)
 
 
+def test_head_gets_the_upstream_headers_and_no_body(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy()
+    response = httpx.head(proxy.url + "/open/download?size=5000", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-length"] == "5000"
+    assert response.content == b""
+
+
 def test_missing_scope_is_denied(make_proxy: MakeProxy, token: str) -> None:
     proxy = make_proxy()
     response = proxy.get("/admin/x", headers={"Authorization": f"Bearer {token}"})
