@@ -132,6 +132,16 @@ def _print_status(issuer: str, status: dict[str, Any]) -> None:
         print(f"  last fetch error: {status['last_error']}")
 
 
+def _workers(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 256, not {count}")
+    return count
+
+
 def register(commands: Commands) -> None:
     """Add ``serve``, ``check-config``, ``verify`` and ``keys``."""
     serve = commands.add_parser(
@@ -145,7 +155,11 @@ def register(commands: Commands) -> None:
     )
     serve.add_argument("--config", required=True, metavar="FILE", help="the gateway's TOML file")
     serve.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="worker processes (default: [server] workers)"
+        "--workers",
+        type=_workers,
+        default=None,
+        metavar="N",
+        help="worker processes (default: [server] workers)",
     )
     serve.set_defaults(handler=_serve)
 

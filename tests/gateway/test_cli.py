@@ -129,3 +129,10 @@ def test_commands_refuse_a_bad_config_with_exit_2(tmp_path: Path) -> None:
         assert done.returncode == 2
         assert done.stderr.count("\n") == 1
         assert "issuers[0].jwks_url: 'nope' is not a URL" in done.stderr
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "many"])
+def test_serve_refuses_a_bad_worker_count(config: Path, workers: str) -> None:
+    done = run("serve", "--config", str(config), "--workers", workers)
+    assert done.returncode == 2
+    assert "argument --workers:" in done.stderr
