@@ -18,7 +18,7 @@ import dataclasses
 import importlib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -317,11 +317,17 @@ def _rule(table: Table) -> tuple[Rule, str | None]:
     return rule, upstream
 
 
+def _methods(names: Sequence[str]) -> set[str]:
+    # As Rule matches them: a rule for GET also covers HEAD.
+    found = {name.upper() for name in names}
+    return found | {"HEAD"} if "GET" in found else found
+
+
 def covers(earlier: Rule, later: Rule) -> bool:
     """Whether ``earlier`` matches every request ``later`` could match (so ``later``, listed
     after it, never applies). Conservative: True only when it is certain."""
     if earlier.methods is not None and (
-        later.methods is None or not set(later.methods) <= set(earlier.methods)
+        later.methods is None or not _methods(later.methods) <= _methods(earlier.methods)
     ):
         return False
     if earlier.path == later.path or earlier.path == "/**":

@@ -404,6 +404,12 @@ MISTAKES = [
         id="shadowed-by-methods",
     ),
     pytest.param(
+        ISSUER
+        + '[[routes]]\npath = "/a/**"\nmethods = ["GET"]\n[[routes]]\npath = "/a/b"\nmethods = ["HEAD"]\n',
+        "routes[1].path: this route can never match: routes[0] ('/a/**' GET) matches first",
+        id="head-shadowed-by-get",
+    ),
+    pytest.param(
         ISSUER + '[[routes]]\npath = "/a"\nmethods = ["GTE"]\n',
         "routes[0].methods: unknown HTTP method 'GTE': the rule could never match it",
         id="unknown-method",
@@ -535,3 +541,18 @@ def test_forward_auth_mistakes(tmp_path: Path) -> None:
     assert "forward_auth.path: forward-auth path must be a normal absolute path" in _mistake(
         tmp_path, ISSUER + '[forward_auth]\npath = "/a/../b"\n'
     )
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ('path = "/a/**"\nmethods = ["GET"]', 'path = "/a/b"\nmethods = ["POST"]'),  # other method
+        ('path = "/a/**"\nmethods = ["GET"]', 'path = "/a/b"'),  # any method: POST still reaches it
+        ('path = "/a/b"', 'path = "/a/**"'),  # narrower first
+        ('path = "/a/*/c"', 'path = "/a/{id}/d"'),  # different shapes
+        ('path = "/ab/**"', 'path = "/a/{id}"'),  # a prefix of the string, not of the path
+    ],
+)
+def test_routes_that_can_still_match_are_accepted(tmp_path: Path, first: str, second: str) -> None:
+    config = _load(tmp_path, ISSUER + f"[[routes]]\n{first}\n[[routes]]\n{second}\n")
+    assert len(config.rules.rules) == 2
