@@ -118,8 +118,14 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
 
 def read_field(table: Table, key: str, hint: Any, default: Any) -> Any:
     """Read ``key`` as the type ``hint`` says (bool, int, float, str, Literal, tuple[str, ...],
-    and ``X | None``); a ``url`` or ``*_url`` string must be an http(s) URL."""
-    inner, _ = _unwrap_optional(hint)
+    and ``X | None``, where ``false`` means None); a ``url`` or ``*_url`` string must be an http(s)
+    URL."""
+    inner, optional = _unwrap_optional(hint)
+    if optional and inner is not bool and table.data.get(key) is False:
+        # TOML has no null: ``false`` turns an optional setting off (``max_request_body = false``).
+        table.boolean(key)
+        table.resolved[key] = None
+        return None
     if inner is bool:
         return table.boolean(key, default)
     if inner is int:

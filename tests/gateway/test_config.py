@@ -556,3 +556,13 @@ def test_forward_auth_mistakes(tmp_path: Path) -> None:
 def test_routes_that_can_still_match_are_accepted(tmp_path: Path, first: str, second: str) -> None:
     config = _load(tmp_path, ISSUER + f"[[routes]]\n{first}\n[[routes]]\n{second}\n")
     assert len(config.rules.rules) == 2
+
+
+def test_false_turns_an_optional_setting_off(tmp_path: Path) -> None:
+    config = _load(tmp_path, ISSUER + UPSTREAM + "max_request_body = false\n")
+    assert config.proxy is not None
+    assert config.proxy.max_request_body is None
+    assert config.resolved["proxy"]["max_request_body"] is None
+    assert "proxy.max_request_body: must be an integer, not a boolean" in _mistake(
+        tmp_path, ISSUER + UPSTREAM + "max_request_body = true\n"
+    )
