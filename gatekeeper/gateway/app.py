@@ -23,6 +23,7 @@ from typing import Any
 from starlette.routing import BaseRoute
 
 from ..decision import Gate
+from ..keystore import KeyStore
 from ..verifier import Verifier
 from .access_log import AccessLog
 from .config import GatewayConfig
@@ -57,13 +58,9 @@ def build_verifier(config: GatewayConfig, **options: Any) -> Verifier:
     return Verifier(issuers=config.issuers, **options)
 
 
-def key_stores(verifier: Verifier) -> Mapping[str, Any]:
-    """Issuer -> key store (``Verifier.key_stores()``; before it exists, the same by hand)."""
-    method = getattr(verifier, "key_stores", None)
-    if method is not None:
-        stores: Mapping[str, Any] = method()
-        return stores
-    return {name: trusted.store for name, trusted in verifier._issuers.items()}
+def key_stores(verifier: Verifier) -> Mapping[str, KeyStore]:
+    """Issuer -> key store."""
+    return verifier.key_stores()
 
 
 def _optional(module: str, name: str) -> Any:
@@ -132,7 +129,10 @@ class Gateway:
                 await self.verifier.prefetch()
             except Exception as exc:  # the store records it; readyz shows it
                 logger.debug("key prefetch failed: %s", exc)
-            self.mirror()
+            try:
+                self.mirror()
+            except Exception:  # metrics must never stop the keys being kept fresh
+                logger.exception("mirroring metrics failed")
             await asyncio.sleep(KEEP_INTERVAL_READY if self.ready() else KEEP_INTERVAL_NOT_READY)
 
     async def startup(self) -> None:
