@@ -141,22 +141,30 @@ class Gate:
             claims = self.verifier.cached(token) if token is not None else None
             cached = claims is not None
             if claims is None:
-                claims = await self.verifier.verify_async(token)
+                try:
+                    claims = await self.verifier.verify_async(token)
+                except AuthError:
+                    if raw is not None:
+                        self._forget(raw)  # no longer good: freed now rather than at a clear
+                    raise
             if raw is not None and token is not None:
-                self._remember(raw, token)
+                # Kept when only the scopes or the principal fail. After a verification the
+                # token object is the verifier's cache key (its hash computed): remember it.
+                self._remember(raw, token, replace=not cached)
             check_scopes(rule, claims)
             principal = None
             if self.principal is not None:
                 principal = await resolve_principal(self.principal, claims)
         except AuthError as error:
-            if raw is not None:
-                self._forget(raw)
             return Deny(rule, error, token)
         return Allow(rule, claims, token, cached, principal)
 
-    def _remember(self, raw: bytes, token: str) -> None:
+    def _remember(self, raw: bytes, token: str, *, replace: bool) -> None:
         memo = self._memo
         if not self._memo_size:
+            return
+        known = memo.get(raw[_TAIL])
+        if known is not None and known[0] == raw and not replace:
             return
         if len(memo) >= self._memo_size:
             # Wholesale: a forgotten value costs one syntax check on its next request, and
@@ -165,7 +173,6 @@ class Gate:
         memo[raw[_TAIL]] = (raw, token)
 
     def _forget(self, raw: bytes) -> None:
-        # No longer good: free it now rather than at the next clear.
         entry = self._memo.get(raw[_TAIL])
         if entry is not None and entry[0] == raw:
             del self._memo[raw[_TAIL]]

@@ -352,3 +352,15 @@ def test_a_refused_value_is_forgotten(verifier: Verifier, dev_issuer: DevIssuer,
     clock.advance(100)
     denied(decide(g, "GET", "/x", bearer(token)), "expired_token")
     assert len(g._memo) == 0
+
+
+def test_a_scope_refusal_keeps_the_fast_path_for_other_routes(
+    verifier: Verifier, dev_issuer: DevIssuer
+) -> None:
+    g = gate(verifier)
+    token = dev_issuer.mint(scope="orders:read")
+    allowed(decide(g, "GET", "/x", bearer(token)))
+    denied(decide(g, "GET", "/orders/1", bearer(token)), "insufficient_scope")
+    # The token is still good: only the route's scopes were missing.
+    assert g.cached(RULES.default, bearer(token)) is not None
+    assert len(g._memo) == 1
