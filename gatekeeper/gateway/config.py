@@ -306,6 +306,8 @@ def _rule(table: Table) -> tuple[Rule, str | None]:
     path = table.string("path")
     methods = table.strings("methods", None, split=True)
     if methods is not None:
+        if not methods:
+            raise table.error("methods", "an empty list matches no request (leave it out for every method)")
         methods = tuple(m.upper() for m in methods)
         unknown = sorted(set(methods) - HTTP_METHODS)
         if unknown:

@@ -410,6 +410,11 @@ MISTAKES = [
         id="head-shadowed-by-get",
     ),
     pytest.param(
+        ISSUER + '[[routes]]\npath = "/a"\nmethods = []\n',
+        "routes[0].methods: an empty list matches no request",
+        id="no-methods",
+    ),
+    pytest.param(
         ISSUER + '[[routes]]\npath = "/a"\nmethods = ["GTE"]\n',
         "routes[0].methods: unknown HTTP method 'GTE': the rule could never match it",
         id="unknown-method",
