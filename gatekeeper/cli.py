@@ -64,12 +64,13 @@ def register(commands: Commands) -> None:
     """The ``demo`` subcommand."""
     demo = commands.add_parser(
         "demo",
-        help="run the middleware end to end on 127.0.0.1 and show every error profile",
+        help="run the middleware and the gateway end to end on 127.0.0.1 and show every error profile",
         description=(
             "Start a local JWKS endpoint with a fresh key and an example API behind the middleware "
             "on 127.0.0.1, send it good and bad tokens over HTTP under the rfc6750, placepoint, "
-            "addressfinder and placewise error profiles, and print what came back. Exits 0 when "
-            "every response had the expected status. Tokens are shown only by fingerprint."
+            "addressfinder and placewise error profiles, and print what came back; then the same "
+            "verifier as a gateway, through nginx-style forward-auth and the reverse proxy. Exits 0 "
+            "when every response was as expected. Tokens are shown only by fingerprint."
         ),
     )
     demo.add_argument(
