@@ -9,8 +9,8 @@ carrying the claims and scopes, and ``scope["user"]`` an authenticated user whos
 The hot path (a cached token, no principal hook) is a plain call that returns the app's own
 coroutine, so the middleware adds no coroutine of its own; it allocates one small object,
 which is both ``request.user`` and ``request.auth`` (a :class:`TokenUser` is a
-:class:`TokenAuth`). The state left for decorators is one object per middleware, and
-``request.auth.scopes`` is built when first read.
+:class:`TokenAuth`). The middleware's state, for decorators, is a class attribute of that user
+(see :func:`middleware_state`), and ``request.auth.scopes`` is built when first read.
 """
 
 from __future__ import annotations
