@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -594,3 +595,53 @@ def test_settings_are_plain_frozen_dataclasses() -> None:
     assert replace(settings, host="forward").host == "forward"
     with pytest.raises(AttributeError):
         settings.host = "forward"  # type: ignore[misc]
+
+
+# -- TLS upstreams -------------------------------------------------------------------------------
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no default trust store knows."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+def test_a_tls_upstream_with_an_untrusted_certificate_is_502(make_proxy: MakeProxy, tmp_path: Path) -> None:
+    # The upstream's certificate is verified: one no trust store knows is refused, never used.
+    cert_file, key_file = self_signed(tmp_path)
+    with Upstream(ssl_certfile=str(cert_file), ssl_keyfile=str(key_file)) as tls:
+        proxy = make_proxy(upstream_url=f"https://127.0.0.1:{tls.port}")
+        response = proxy.get("/open/echo")
+        assert response.status_code == 502
+        assert response.json()["error"] == "upstream_unreachable"
+        assert tls.seen == []
