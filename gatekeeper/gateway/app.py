@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.routing import BaseRoute
 
@@ -27,8 +26,10 @@ from ..keystore import KeyStore
 from ..verifier import Verifier
 from .access_log import AccessLog
 from .config import GatewayConfig
+from .forward_auth import ForwardAuth
 from .metrics import GatewayMetrics
 from .ops import Check, ops_app
+from .proxy import ReverseProxy
 from .record import Reporter, RequestRecord
 
 logger = logging.getLogger("gatekeeper.gateway")
@@ -38,8 +39,23 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-#: Builds a front door: ``factory(gate, profile, settings, identity, reporter) -> ASGI app``.
-DoorFactory = Callable[..., ASGIApp]
+#: Builds a front door: ``factory(gate, profile, settings, identity, reporter) -> ASGI app``
+#: (the doors take the scope as the dict ASGI servers pass, hence ``Any`` here).
+DoorFactory = Callable[..., Any]
+
+
+class DecisionEndpoint(Protocol):
+    """The forward-auth door: an ASGI app that says which of the listener's paths are its own
+    (``/auth``, nginx's ``/auth/render``, Envoy's prefix), so every other path, ``/auth/...``
+    included, reaches the proxy."""
+
+    def handles(self, path: str) -> bool: ...
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None: ...
+
+
+#: Builds the forward-auth door, as :data:`DoorFactory` does the proxy.
+EndpointFactory = Callable[..., DecisionEndpoint]
 
 #: While an issuer has no usable keys, how often the keeper tries (each store's own
 #: retry_interval still limits the fetches); once all are ready, how often it looks again.
@@ -52,7 +68,7 @@ def build_verifier(config: GatewayConfig, **options: Any) -> Verifier:
     http clients)."""
     options.setdefault("cache_size", config.server.cache_size)
     options.setdefault("rejection_ttl", config.server.rejection_ttl)
-    if config.revocation is not None and hasattr(config.revocation, "verifier_options"):
+    if config.revocation is not None:
         # The revocation settings say what the verifier needs (a shared Revocations object).
         options.update(config.revocation.verifier_options())
     return Verifier(issuers=config.issuers, **options)
@@ -61,15 +77,6 @@ def build_verifier(config: GatewayConfig, **options: Any) -> Verifier:
 def key_stores(verifier: Verifier) -> Mapping[str, KeyStore]:
     """Issuer -> key store."""
     return verifier.key_stores()
-
-
-def _optional(module: str, name: str) -> Any:
-    try:
-        return getattr(importlib.import_module(f"gatekeeper.gateway.{module}"), name)
-    except ModuleNotFoundError as exc:
-        if exc.name != f"gatekeeper.gateway.{module}":
-            raise
-        return None
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
@@ -96,8 +103,7 @@ class Gateway:
     gate: Gate
     metrics: GatewayMetrics | None
     access_log: AccessLog | None
-    forward_auth: ASGIApp | None
-    forward_auth_path: str | None
+    forward_auth: DecisionEndpoint | None
     proxy: ASGIApp | None
     ops: ASGIApp
     _keeper: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -116,7 +122,7 @@ class Gateway:
         """Copy the key stores' counters and key counts into the metrics."""
         if self.metrics is not None:
             self.metrics.mirror(key_stores(self.verifier), time.time())
-            if hasattr(self.config.revocation, "mirror_metrics"):
+            if self.config.revocation is not None:
                 self.config.revocation.mirror_metrics(self.metrics, self.verifier)
 
     def ready(self) -> bool:
@@ -152,7 +158,7 @@ class Gateway:
             if close is not None:
                 await close()
         revocation = self.config.revocation
-        if hasattr(revocation, "runtime_for"):  # stop its store's follower (Redis)
+        if revocation is not None:  # stop its store's follower (Redis)
             await asyncio.to_thread(revocation.runtime_for(self.verifier).stop)
         await self.verifier.aclose()
         if self.access_log is not None:
@@ -164,13 +170,7 @@ class Gateway:
         if kind == "lifespan":
             await self._lifespan(receive, send)
             return
-        path: str = scope.get("path", "")
-        fa_path = self.forward_auth_path
-        if (
-            self.forward_auth is not None
-            and fa_path is not None
-            and (path == fa_path or path.startswith(fa_path.rstrip("/") + "/"))
-        ):
+        if self.forward_auth is not None and self.forward_auth.handles(scope.get("path", "")):
             await self.forward_auth(scope, receive, send)
         elif self.proxy is not None:
             await self.proxy(scope, receive, send)
@@ -201,8 +201,8 @@ def build_gateway(
     config: GatewayConfig,
     *,
     verifier: Verifier | None = None,
-    forward_auth: DoorFactory | None = None,
-    proxy: DoorFactory | None = None,
+    forward_auth: EndpointFactory = ForwardAuth,
+    proxy: DoorFactory = ReverseProxy,
     access_log: AccessLog | bool | None = True,
     checks: Mapping[str, Check] | None = None,
     ops_routes: Sequence[BaseRoute] = (),
@@ -217,26 +217,21 @@ def build_gateway(
     gate = Gate(verifier, rules=config.rules, source=config.source)
     metrics = GatewayMetrics() if config.metrics.enabled else None
     log = AccessLog.open(config.logging.access_log) if access_log is True else access_log or None
-    gateway = Gateway(config, verifier, gate, metrics, log, None, None, None, _not_found)
+    gateway = Gateway(config, verifier, gate, metrics, log, None, None, _not_found)
     reporter: Reporter = gateway.report
 
-    fa_factory = forward_auth or _optional("forward_auth", "ForwardAuth")
-    if fa_factory is not None and config.forward_auth is not None:
-        gateway.forward_auth = fa_factory(
+    if config.forward_auth is not None:
+        gateway.forward_auth = forward_auth(
             gate, config.profile, config.forward_auth, config.identity, reporter
         )
-        gateway.forward_auth_path = str(getattr(config.forward_auth, "path", "/auth"))
-    proxy_factory = proxy or _optional("proxy", "ReverseProxy")
-    if proxy_factory is not None and config.proxy is not None:
-        gateway.proxy = proxy_factory(gate, config.profile, config.proxy, config.identity, reporter)
+    if config.proxy is not None:
+        gateway.proxy = proxy(gate, config.profile, config.proxy, config.identity, reporter)
 
     extra = dict(checks or {})
     revocation = config.revocation
     if revocation is not None:
-        # The revocation settings may contribute a readiness check and the admin routes.
-        if hasattr(revocation, "ops_checks"):
-            extra.update(revocation.ops_checks())
-        if hasattr(revocation, "ops_routes"):
-            ops_routes = (*ops_routes, *revocation.ops_routes(verifier, config.server.ops_listen))
+        # The revocation settings contribute a readiness check and the admin routes.
+        extra.update(revocation.ops_checks())
+        ops_routes = (*ops_routes, *revocation.ops_routes(verifier, config.server.ops_listen))
     gateway.ops = ops_app(verifier, metrics, checks=extra, routes=ops_routes, before_metrics=gateway.mirror)
     return gateway

@@ -15,7 +15,6 @@ configurable without touching this module.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -29,8 +28,11 @@ from ..keystore import FetchPolicy
 from ..policy import Issuer
 from ..responses import BUILTIN_PROFILES, ErrorProfile, get_profile, profile_from_dict
 from ..rules import Rule, RuleSet
+from .forward_auth import ForwardAuthSettings
 from .identity import IdentityHeaders
 from .proxy import ProxySettings, UpstreamRoute, UpstreamSettings
+from .revocation_config import RevocationSettings
+from .revocation_config import read as read_revocation
 from .schema import REQUIRED, ConfigError, Secret, Table, default_of, load
 
 #: Methods a rule may name; anything else is a typo that would make the rule never match.
@@ -97,10 +99,10 @@ class GatewayConfig:
     identity: IdentityHeaders
     server: ServerSettings = ServerSettings()
     proxy: ProxySettings | None = None
-    forward_auth: Any = None  # forward_auth.ForwardAuthSettings, when that module is there
+    forward_auth: ForwardAuthSettings | None = None
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
-    revocation: Any = None  # revocation_config's settings, when a [revocation] table is given
+    revocation: RevocationSettings | None = None  # when a [revocation] table is given
     #: What was read, defaults filled in and secrets shown only as their references.
     resolved: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -433,44 +435,24 @@ def _proxy(
     return settings
 
 
-def _optional_module(name: str) -> Any:
-    # Modules other engineers add (forward_auth, revocation_config): imported by name so this
-    # module works, and type-checks, before they land.
-    try:
-        return importlib.import_module(f"gatekeeper.gateway.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"gatekeeper.gateway.{name}":
-            raise
-        return None
-
-
-def _forward_auth(root: Table, proxied: bool) -> Any:
+def _forward_auth(root: Table, proxied: bool) -> ForwardAuthSettings | None:
     """The decision endpoint's settings, or None when it is off: it is on when the file has a
     ``[forward_auth]`` table, or has no upstream (then it is all the gateway does). ``enabled =
     false`` turns it off explicitly."""
     given = root.has("forward_auth")
     table = root.table("forward_auth")
     enabled = table.boolean("enabled", given or not proxied)
-    module = _optional_module("forward_auth")
-    if module is None:  # not built yet: an unread table is refused rather than ignored
-        table.finish()
-        return None
-    kwargs = read_fields(table, module.ForwardAuthSettings)
+    kwargs = read_fields(table, ForwardAuthSettings)
     table.finish()
-    settings = table.build(None, lambda: module.ForwardAuthSettings(**kwargs), fields=kwargs)
+    settings: ForwardAuthSettings = table.build(None, lambda: ForwardAuthSettings(**kwargs), fields=kwargs)
     return settings if enabled else None
 
 
-def _revocation(root: Table) -> Any:
+def _revocation(root: Table) -> RevocationSettings | None:
     if not root.has("revocation"):
         root.value("revocation", None)
         return None
-    table = root.table("revocation")
-    module = _optional_module("revocation_config")
-    if module is None:
-        table.finish()
-        return None
-    return module.read(table)
+    return read_revocation(root.table("revocation"))
 
 
 def _metrics(root: Table) -> MetricsSettings:

@@ -10,6 +10,7 @@ import pytest
 
 from gatekeeper.gateway.app import build_gateway
 from gatekeeper.gateway.config import GatewayConfig, read_config
+from gatekeeper.gateway.forward_auth import ForwardAuth
 from gatekeeper.gateway.record import RequestRecord
 from gatekeeper.gateway.schema import Table
 from gatekeeper.issuer import DevIssuer
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.anyio
 
 
 class StandIn:
-    """A front door that answers with its own name and records what it was built with."""
+    """A front door that answers with its own name and records what it was built with; as the
+    forward-auth door it claims the paths the real one would (its ``handles``)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -26,11 +28,13 @@ class StandIn:
 
     def __call__(self, *args: Any) -> Any:
         self.built = args
+        real = ForwardAuth(*args) if self.name == "forward-auth" else None
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": self.name.encode()})
 
+        app.handles = real.handles if real is not None else None  # type: ignore[attr-defined]
         return app
 
 
@@ -63,8 +67,8 @@ async def test_forward_auth_at_its_path_and_below_the_proxy_for_everything_else(
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway), base_url="http://gk") as client:
         for path, door in [
             ("/auth", "forward-auth"),
-            ("/auth/render", "forward-auth"),
-            ("/auth/api/items", "forward-auth"),  # Envoy's prefix form
+            ("/auth/render", "forward-auth"),  # nginx's render endpoint
+            ("/auth/api/items", "proxy"),  # below the endpoint: only Envoy's prefix form owns it
             ("/authz", "proxy"),  # a longer name is not the endpoint
             ("/auth-other", "proxy"),
             ("/api/auth", "proxy"),
@@ -82,6 +86,16 @@ async def test_forward_auth_at_its_path_and_below_the_proxy_for_everything_else(
     assert proxy.built[2] is config.proxy
     assert identity is config.identity
     assert reporter == gateway.report
+
+
+async def test_envoy_owns_every_path_below_its_prefix(dev_issuer: DevIssuer) -> None:
+    forward, proxy = StandIn("forward-auth"), StandIn("proxy")
+    config = _config(dev_issuer, UPSTREAM + 'proxy = "envoy"\n')
+    gateway = build_gateway(config, forward_auth=forward, proxy=proxy, access_log=None)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway), base_url="http://gk") as client:
+        assert (await client.get("/auth/api/items")).text == "forward-auth"
+        assert (await client.get("/auth")).text == "forward-auth"
+        assert (await client.get("/authz")).text == "proxy"
 
 
 async def test_without_an_upstream_only_forward_auth_answers(dev_issuer: DevIssuer) -> None:
