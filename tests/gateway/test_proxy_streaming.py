@@ -157,6 +157,28 @@ def test_256_mib_download_streams_through(proxy_process: ProxyProcess, framing: 
     assert growth < LIMIT, f"proxy peak RSS grew by {growth / MiB:.1f} MiB"
 
 
+def test_a_client_that_stops_reading_stops_the_upstream_not_the_memory(proxy_process: ProxyProcess) -> None:
+    # Backpressure end to end: the client reads one chunk of a 256 MiB download, then nothing
+    # for two seconds. The proxy must stop reading the upstream (its read-ahead is bounded)
+    # rather than pull the rest into memory; then the whole body still arrives.
+    before = proxy_process.rss()
+    received = 0
+    with httpx.stream(
+        "GET", proxy_process.url + f"/download?size={SIZE}&chunk={MiB}&chunked=1", timeout=120
+    ) as r:
+        chunks = r.iter_raw()
+        received += len(next(chunks))
+        deadline = time.monotonic() + 2
+        peak = 0
+        while time.monotonic() < deadline:
+            peak = max(peak, proxy_process.rss() - before)
+            time.sleep(0.05)
+        for chunk in chunks:
+            received += len(chunk)
+    assert received == SIZE
+    assert peak < LIMIT, f"the proxy buffered {peak / MiB:.1f} MiB for a client that was not reading"
+
+
 # -- in-process: event streams ------------------------------------------------------------------
 
 
