@@ -22,6 +22,9 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 DISTRIBUTION = PYPROJECT["project"]["name"]
 # Import names that differ from their distribution's name.
 IMPORT_NAMES = {"prometheus-client": "prometheus_client", "pyjwt": "jwt"}
+#: Modules that need an extra of their own, imported only where that feature is configured
+#: (inside a function): the walk does not follow them, and a test checks they stay lazy.
+EXTRA_MODULES = {"gatekeeper.revocation_redis": "redis"}
 
 
 def _requirement_modules(requirements: list[str]) -> set[str]:
@@ -61,6 +64,8 @@ def _third_party_imports(module: str, seen: set[str] | None = None) -> set[str]:
         for target in targets:
             top = target.split(".")[0]
             if top == "gatekeeper":
+                if target in EXTRA_MODULES:
+                    continue
                 if (ROOT / (target.replace(".", "/") + ".py")).exists() or (
                     ROOT / target.replace(".", "/") / "__init__.py"
                 ).exists():
@@ -80,6 +85,28 @@ def test_demo_needs_nothing_beyond_core_and_server_extra() -> None:
     provided |= _requirement_modules(PYPROJECT["project"]["optional-dependencies"]["server"])
     missing = _third_party_imports("gatekeeper.demo") - provided
     assert not missing, f"gatekeeper demo imports {sorted(missing)}, which [server] does not install"
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module.rpartition(".")[2] if node.level else node.module)
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name.rpartition(".")[2] for alias in node.names)
+    return found
+
+
+def test_extra_modules_are_imported_only_when_configured() -> None:
+    # An extra's module imported at the top of a core or server module would make the extra
+    # a requirement of everything: it must be imported inside the function that uses it.
+    for module, extra in EXTRA_MODULES.items():
+        assert extra in PYPROJECT["project"]["optional-dependencies"]
+        short = module.rpartition(".")[2]
+        for path in (ROOT / "gatekeeper").rglob("*.py"):
+            if path.stem != short:
+                assert short not in _module_level_imports(path), f"{path} imports {module} at module level"
 
 
 def test_demo_script_installs_the_server_extra() -> None:
