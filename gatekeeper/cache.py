@@ -13,6 +13,20 @@ longer valid, take a short one, so eviction never races with a removal. The stor
 ``OrderedDict``: popping its oldest item is O(1), where ``next(iter(dict))`` walks every slot
 deleted since the dict's last resize (O(n) per eviction, measured 2.7x slower per full insert).
 Asyncio code never waits on the lock for long.
+
+Who reads entries: :meth:`TokenCache.get` and :meth:`TokenCache.revalidate` here, and the
+``Authorization`` memo of :class:`gatekeeper.decision.Gate`, which holds the entry lists that
+:meth:`TokenCache.entry` hands out (through ``Verifier.cache_entry``) and serves a hit from one
+itself, without a call into the cache. The invariants both rely on, kept in this module:
+
+- An entry list is created by :meth:`TokenCache.put` and its ``CLAIMS``, ``KEY`` and
+  ``EXPIRES`` never change; only ``UNTIL`` moves (:meth:`TokenCache.revalidate` extends it, in
+  place, so a holder sees the extension) and ``USED`` is set by every hit.
+- A holder may serve the entry's claims exactly when ``now < entry[UNTIL] and
+  entry[KEY].alive`` (then it sets ``entry[USED] = True``, for the eviction), and must ask the
+  verifier otherwise; revocation is the holder's own check (the claims' generation).
+- An entry that leaves the cache (eviction, replacement, a drop, :meth:`TokenCache.clear`) is
+  killed first: its ``UNTIL`` becomes ``DEAD``, so no holder serves it any longer.
 """
 
 from __future__ import annotations
@@ -26,7 +40,10 @@ from .keys import VerificationKey
 
 # An entry is a small list, not an object, to keep memory per entry low:
 # [claims, serve until (then revalidate), signing key, recently used, the token's exp]
-_CLAIMS, _UNTIL, _KEY, _USED, _EXPIRES = 0, 1, 2, 3, 4
+CLAIMS, UNTIL, KEY, USED, EXPIRES = 0, 1, 2, 3, 4
+_CLAIMS, _UNTIL, _KEY, _USED, _EXPIRES = CLAIMS, UNTIL, KEY, USED, EXPIRES
+#: The ``UNTIL`` of an entry that left the cache: no clock reads a time before it.
+DEAD = float("-inf")
 
 
 class TokenCache:
@@ -44,6 +61,11 @@ class TokenCache:
     def __len__(self) -> int:
         return len(self._data)
 
+    def entry(self, token: str) -> list[Any] | None:
+        """The live entry list for a token, for a holder that serves hits itself under the
+        rules in this module's docstring (the decision's memo); None when none is cached."""
+        return self._data.get(token)
+
     def get(self, token: str, now: float) -> Claims | None:
         """The claims for a token verified before, if they may be served now without asking
         the key store (None also when the entry is due for :meth:`revalidate`)."""
@@ -59,6 +81,7 @@ class TokenCache:
         with self._lock:
             if self._data.get(token) is entry:  # not already replaced by a fresh verification
                 del self._data[token]
+                entry[_UNTIL] = DEAD
         return None
 
     def revalidate(self, token: str, now: float, until: float) -> Claims | None:
@@ -88,7 +111,10 @@ class TokenCache:
         until = expires_at if revalidate_at is None else min(revalidate_at, expires_at)
         with self._lock:
             data = self._data
-            if token not in data and len(data) >= self.maxsize:
+            old = data.get(token)
+            if old is not None:
+                old[_UNTIL] = DEAD  # replaced: a holder of the old list asks the verifier again
+            elif len(data) >= self.maxsize:
                 self._evict_one(data)
             data[token] = [claims, until, key, False, expires_at]
 
@@ -101,10 +127,13 @@ class TokenCache:
         for _ in range(len(data) + 1):
             oldest, entry = data.popitem(last=False)
             if not entry[_USED] or not entry[_KEY].alive:
+                entry[_UNTIL] = DEAD
                 return
             entry[_USED] = False
             data[oldest] = entry
 
     def clear(self) -> None:
         with self._lock:
+            for entry in self._data.values():
+                entry[_UNTIL] = DEAD
             self._data.clear()

@@ -7,13 +7,18 @@ answers it with an :class:`Allow` or a :class:`Deny` (never by raising), the ver
 cache in front.
 
 :meth:`Gate.cached` is the hot path as a plain call: the claims of a request whose token the
-cache already holds, or None when the full :meth:`Gate.decide` must run. It finds the one
-``Authorization`` header and looks its raw value up in a memo of the header values whose
-tokens verified: no syntax check, no decoding, no copy of the token, and no hash of it either.
-Hashing an 800-byte token is most of a dict lookup's cost, so the memo is keyed by the value's
-last bytes (the signature's, effectively random) and the whole value is then compared (a
-memcmp, several times cheaper than the hash). The token string it yields is the very object
-the verifier's cache holds, whose hash Python computed once, when it was cached.
+cache already holds, or None when the full :meth:`Gate.decide` must run (which tries the same
+fast path first). It finds the one ``Authorization`` header and looks its raw value up in a
+memo of the header values whose tokens verified: no syntax check, no decoding, no copy of the
+token, and no hash of it either. Hashing an 800-byte token is most of a dict lookup's cost, so
+the memo is keyed by the value's last bytes (the signature's, effectively random) and the whole
+value is then compared (a memcmp, several times cheaper than the hash).
+
+The memo holds the verifier's cache entry itself (see :mod:`gatekeeper.cache` for the rules of
+holding one), so a hit is decided here, with one clock read: the entry's revalidation time not
+passed, its signing key still in the key set, the claims checked against the current revocation
+list generation, the rule's scopes present. Anything else (a revalidation due, a changed list,
+a killed entry) goes to the slow path, which asks the verifier and refreshes the memo.
 
 A value is remembered only after its token verified, so it was well-formed; a malformed or
 unknown value misses and goes to the slow path, which checks the syntax and refuses what is
@@ -28,10 +33,18 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .bearer import BearerSource
+from .cache import CLAIMS, KEY, UNTIL, USED
 from .claims import Claims
 from .errors import AuthError
 from .rules import Rule, RuleSet
 from .verifier import Verifier
+
+#: A remembered header value: (the value, the token string, the verifier's cache entry, its
+#: claims). An entry's claims never change (a new verification makes a new entry).
+MemoRecord = tuple[bytes, str, list[Any], Claims]
+#: The fast path as one function: (rule, headers, query string) -> the record of a cached
+#: token the rule allows, or None for the slow path.
+Probe = Callable[[Rule, Sequence[tuple[bytes, bytes]], bytes], MemoRecord | None]
 
 #: Maps verified claims to the app's principal (a project, a member). Returning None, or
 #: raising ``AuthError("unknown_principal")``, rejects the request (Addressfinder's 1025).
@@ -82,8 +95,8 @@ class Gate:
         "_memo",
         "_memo_size",
         "_query_names",
-        "_verifier_cached",
         "principal",
+        "probe",
         "rules",
         "source",
         "verifier",
@@ -101,8 +114,7 @@ class Gate:
         if memo_size < 0:
             raise ValueError("memo_size must be >= 0")
         self.verifier = verifier
-        self._verifier_cached = verifier.cached
-        self._memo: dict[bytes, tuple[bytes, str]] = {}  # value's tail -> (value, token)
+        self._memo: dict[bytes, MemoRecord] = {}  # value's tail -> (value, token, cache entry)
         self._memo_size = memo_size
         self.rules = rules
         self.source = source
@@ -110,6 +122,8 @@ class Gate:
         # As the slow path reads the query (latin-1); a name latin-1 cannot spell can only
         # arrive percent-encoded, which the "%" test catches.
         self._query_names = tuple(name.encode("latin-1", "replace") for name in source.query_params)
+        #: The hot path as one plain function (see :meth:`cached`); the middleware calls it.
+        self.probe: Probe = self._make_probe()
 
     def match(self, method: str, path: str) -> Rule:
         """The rule for a request (``path`` as the rules see it)."""
@@ -132,6 +146,15 @@ class Gate:
         """:meth:`decide` for a rule the caller has matched already."""
         if rule.access == "exempt":
             return Allow(rule, None, None, False)
+        hit = self.probe(rule, headers, query_string)
+        if hit is not None:  # a cached token the rule allows: no syntax check, no token hash
+            principal = None
+            if self.principal is not None:
+                try:
+                    principal = await resolve_principal(self.principal, hit[3])
+                except AuthError as error:
+                    return Deny(rule, error, hit[1])
+            return Allow(rule, hit[3], hit[1], True, principal)
         token: str | None = None
         raw: bytes | None = None
         try:
@@ -148,9 +171,8 @@ class Gate:
                         self._forget(raw)  # no longer good: freed now rather than at a clear
                     raise
             if raw is not None and token is not None:
-                # Kept when only the scopes or the principal fail. After a verification the
-                # token object is the verifier's cache key (its hash computed): remember it.
-                self._remember(raw, token, replace=not cached)
+                # Kept when only the scopes or the principal fail.
+                self._remember(raw, token)
             check_scopes(rule, claims)
             principal = None
             if self.principal is not None:
@@ -159,18 +181,21 @@ class Gate:
             return Deny(rule, error, token)
         return Allow(rule, claims, token, cached, principal)
 
-    def _remember(self, raw: bytes, token: str, *, replace: bool) -> None:
+    def _remember(self, raw: bytes, token: str) -> None:
         memo = self._memo
         if not self._memo_size:
             return
+        entry = self.verifier.cache_entry(token)
+        if entry is None:
+            return  # nothing cached (a cache of size 0): nothing for the fast path to serve
         known = memo.get(raw[_TAIL])
-        if known is not None and known[0] == raw and not replace:
-            return
+        if known is not None and known[0] == raw and known[2] is entry:
+            return  # the memo is not rewritten on every slow-path request
         if len(memo) >= self._memo_size:
             # Wholesale: a forgotten value costs one syntax check on its next request, and
             # clearing is O(1) amortised with no bookkeeping on the hot path.
             memo.clear()
-        memo[raw[_TAIL]] = (raw, token)
+        memo[raw[_TAIL]] = (raw, token, entry, entry[CLAIMS])
 
     def _forget(self, raw: bytes) -> None:
         entry = self._memo.get(raw[_TAIL])
@@ -184,32 +209,63 @@ class Gate:
         token and the rule's scopes are there, else None (then :meth:`decide_rule` decides,
         and refuses what is wrong). The principal hook is not run here.
 
-        Only a request the slow path would allow is answered: one ``Authorization`` header,
-        whose value the slow path has seen verify, no token in the query, a token the
-        verifier's cache still holds.
+        Only a request the slow path would allow is answered: one ``Authorization`` header
+        (in any spelling of the name), whose value the slow path has seen verify, no token in
+        the query, a cache entry still to be served (not due for revalidation, its key still
+        published, not killed), claims checked against the current revocation list.
         """
-        found: bytes | None = None
-        for name, value in headers:
-            # One length test per header; ASGI servers send lower-case names, a hand-built
-            # scope may not (and two headers in any spelling are for the slow path to refuse).
-            if len(name) == 13 and (name == b"authorization" or name.lower() == b"authorization"):
-                if found is not None:
-                    return None
-                found = value
-        if found is None:
+        hit = self.probe(rule, headers, query_string)
+        if hit is None:
             return None
-        entry = self._memo.get(found[_TAIL])
-        if entry is None or entry[0] != found:
+        return hit[3]
+
+    def _make_probe(self) -> Probe:
+        # A closure: what a hit needs is in cells and locals, not attributes (each attribute or
+        # method call is a measurable share of a microsecond).
+        memo_get = self._memo.get  # the memo is cleared in place, never replaced
+        query_names = self._query_names
+        may_carry = self._query_may_carry_token
+        clock = self.verifier.clock
+        revocations = self.verifier.revocations
+        tail = _TAIL
+
+        def probe(
+            rule: Rule, headers: Sequence[tuple[bytes, bytes]], query_string: bytes = b""
+        ) -> MemoRecord | None:
+            found: bytes | None = None
+            for name, value in headers:
+                # One length test per header; ASGI servers send lower-case names, a hand-built
+                # scope may not (and two headers in any spelling are for the slow path to refuse).
+                if len(name) == 13 and (name == b"authorization" or name.lower() == b"authorization"):
+                    if found is not None:
+                        return None
+                    found = value
+            if found is None:
+                return None
+            hit = memo_get(found[tail])
+            if hit is None or hit[0] != found:
+                return None
+            if query_names and query_string and may_carry(query_string):
+                return None
+            entry = hit[2]
+            # gatekeeper.cache's rule for a holder: served while not due and the key is alive.
+            if not (clock() < entry[UNTIL] and entry[KEY].alive):
+                return None
+            claims = hit[3]
+            # The verifier caches CheckedClaims: the list generation they were last checked at.
+            if revocations.active and claims.checked_at != revocations.generation:  # type: ignore[attr-defined]
+                return None  # the list changed since then: the slow path re-checks
+            if rule.wanted and not rule.satisfied_by(claims.scopes):
+                return None
+            entry[USED] = True
+            return hit
+
+        def no_probe(
+            rule: Rule, headers: Sequence[tuple[bytes, bytes]], query_string: bytes = b""
+        ) -> MemoRecord | None:
             return None
-        if self._query_names and query_string and self._query_may_carry_token(query_string):
-            return None
-        try:
-            claims = self._verifier_cached(entry[1])
-        except AuthError:
-            return None  # the slow path asks again and refuses
-        if claims is None or (rule.wanted and not rule.satisfied_by(claims.scopes)):
-            return None
-        return claims
+
+        return probe if self.source.header else no_probe
 
     def _query_may_carry_token(self, query_string: bytes) -> bool:
         # No false negatives: a name may be percent-encoded, so any "%" counts.

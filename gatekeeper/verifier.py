@@ -212,6 +212,17 @@ class Verifier:
                 return None  # revoked (or the list is unavailable): verify_async says which
         return claims
 
+    def cache_entry(self, token: str) -> list[Any] | None:
+        """The verified-token cache's entry for a token, for a memo that serves hits itself
+        (:class:`gatekeeper.decision.Gate`), under the rules :mod:`gatekeeper.cache` states;
+        None when the token is not cached. Read it after a verification, off the hot path."""
+        return self._cache.entry(token)
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the verifier reads (Unix time; tests move it)."""
+        return self._clock
+
     async def prefetch(self) -> None:
         """Fetch every remote issuer's keys now (at app startup), without raising on failure."""
         now = self._clock()

@@ -14,7 +14,7 @@ import pytest
 from conftest import Clock
 
 from gatekeeper import AuthError, Verifier
-from gatekeeper.cache import TokenCache
+from gatekeeper.cache import DEAD, UNTIL, TokenCache
 from gatekeeper.claims import Claims
 from gatekeeper.issuer import DevIssuer
 from gatekeeper.keys import VerificationKey
@@ -327,3 +327,43 @@ async def test_verifier_cache_under_asyncio(issuer: DevIssuer, clock: Clock) -> 
     assert sorted(seen) == sorted(f"c{i % 60}" for i in range(600))
     assert len(v._cache) <= 20
     await v.aclose()
+
+
+def test_an_entry_leaving_the_cache_is_killed_for_its_holders() -> None:
+    # A holder of an entry list (the decision's memo) serves it while now < entry[UNTIL] and
+    # its key is alive: every way out of the cache must end that.
+    cache = TokenCache(2)
+    cache.put("a", claims("a"), T0 + 60, key())
+    entry = cache.entry("a")
+    assert entry is not None
+    assert entry[UNTIL] == T0 + 60
+    assert cache.entry("unknown") is None
+    cache.put("a", claims("a2"), T0 + 60, key())  # replaced by a new verification
+    assert entry[UNTIL] == DEAD
+    replacement = cache.entry("a")
+    assert replacement is not None
+    assert replacement is not entry
+    cache.put("b", claims("b"), T0 + 60, key())
+    cache.put("c", claims("c"), T0 + 60, key())  # evicts "a" (never used)
+    assert cache.entry("a") is None
+    assert replacement[UNTIL] == DEAD
+    dropped = cache.entry("b")
+    assert dropped is not None
+    assert cache.get("b", T0 + 60) is None  # past exp: dropped
+    assert dropped[UNTIL] == DEAD
+    cleared = cache.entry("c")
+    assert cleared is not None
+    assert cleared[UNTIL] == T0 + 60
+    cache.clear()
+    assert cleared[UNTIL] == DEAD
+
+
+def test_revalidation_extends_the_entry_in_place() -> None:
+    cache = TokenCache(10)
+    cache.put("t", claims(), T0 + 600, key(), revalidate_at=T0 + 60)
+    entry = cache.entry("t")
+    assert entry is not None
+    assert entry[UNTIL] == T0 + 60
+    cache.revalidate("t", T0 + 60, T0 + 120)
+    assert cache.entry("t") is entry  # a holder of the list sees the new time
+    assert entry[UNTIL] == T0 + 120

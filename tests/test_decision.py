@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from conftest import Clock
 
 from gatekeeper.bearer import BearerSource
+from gatekeeper.cache import CLAIMS, KEY, UNTIL
 from gatekeeper.claims import Claims
 from gatekeeper.decision import Allow, Deny, Gate
 from gatekeeper.errors import AuthError
@@ -364,3 +366,87 @@ def test_a_scope_refusal_keeps_the_fast_path_for_other_routes(
     # The token is still good: only the route's scopes were missing.
     assert g.cached(RULES.default, bearer(token)) is not None
     assert len(g._memo) == 1
+
+
+# -- the fast path holds the verifier's cache entry ----------------------------------------------
+
+
+def test_decide_answers_a_remembered_value_on_the_fast_path(
+    verifier: Verifier, dev_issuer: DevIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = dev_issuer.mint(subject="alice", scope="orders:read orders:write")
+    members = {"alice": "member-1"}
+    g = gate(verifier, principal=lambda claims: members.get(claims.subject or ""))
+    first = allowed(decide(g, "GET", "/orders/1", bearer(token)))
+    assert first.cached is False
+
+    def slow_path(*args: Any) -> Any:
+        raise AssertionError("the fast path should have answered")
+
+    # Neither the token parser nor the verifier is asked again.
+    monkeypatch.setattr(g, "source", SimpleNamespace(find=slow_path, header=True, query_params=()))
+    monkeypatch.setattr(verifier, "cached", slow_path)
+    monkeypatch.setattr(verifier, "verify_async", slow_path)
+    again = allowed(decide(g, "GET", "/orders/1", bearer(token)))
+    assert (again.cached, again.token, again.principal) == (True, token, "member-1")
+    assert again.claims is first.claims
+    del members["alice"]  # the principal hook still runs on the fast path
+    deny = denied(decide(g, "GET", "/orders/1", bearer(token)), "unknown_principal")
+    assert deny.token == token
+
+
+def test_a_cleared_or_replaced_cache_entry_sends_the_fast_path_back_to_the_verifier(
+    verifier: Verifier, dev_issuer: DevIssuer
+) -> None:
+    g = gate(verifier)
+    token = dev_issuer.mint()
+    allowed(decide(g, "GET", "/x", bearer(token)))
+    assert g.cached(RULES.default, bearer(token)) is not None
+    verifier.clear_cache()
+    assert g.cached(RULES.default, bearer(token)) is None  # the memo's entry was killed
+    assert allowed(decide(g, "GET", "/x", bearer(token))).cached is False  # verified again
+    assert g.cached(RULES.default, bearer(token)) is not None  # and the new entry remembered
+
+
+def test_the_fast_path_stops_when_the_signing_key_leaves(verifier: Verifier, dev_issuer: DevIssuer) -> None:
+    g = gate(verifier)
+    token = dev_issuer.mint()
+    allowed(decide(g, "GET", "/x", bearer(token)))
+    entry = verifier.cache_entry(token)
+    assert entry is not None
+    entry[KEY].alive = False  # what the key store does when the key leaves the JWKS
+    assert g.cached(RULES.default, bearer(token)) is None
+    # The slow path asks the verifier, whose cache drops the entry (tests/test_jwks_http.py
+    # has the whole story with a key leaving a served JWKS).
+    allowed(decide(g, "GET", "/x", bearer(token)))
+    assert verifier.cache_entry(token) is not entry
+
+
+def test_an_entry_due_for_revalidation_goes_to_the_slow_path_once(
+    verifier: Verifier, dev_issuer: DevIssuer, clock: Clock
+) -> None:
+    g = gate(verifier)
+    token = dev_issuer.mint(expires_in=3600)
+    allowed(decide(g, "GET", "/x", bearer(token)))
+    entry = verifier.cache_entry(token)
+    assert entry is not None
+    entry[UNTIL] = clock()  # due now, as when the key set's freshness runs out
+    assert g.cached(RULES.default, bearer(token)) is None
+    assert allowed(decide(g, "GET", "/x", bearer(token))).claims is entry[CLAIMS]  # revalidated
+    assert verifier.cache_entry(token) is entry  # in place, no new verification
+    assert entry[UNTIL] > clock()
+    assert g.cached(RULES.default, bearer(token)) is entry[CLAIMS]
+
+
+def test_a_revocation_stops_the_fast_path_at_once(verifier: Verifier, dev_issuer: DevIssuer) -> None:
+    g = gate(verifier)
+    token, other = dev_issuer.mint(subject="mallory"), dev_issuer.mint(subject="alice")
+    allowed(decide(g, "GET", "/x", bearer(token)))
+    allowed(decide(g, "GET", "/x", bearer(other)))
+    verifier.revoke(sub="mallory", issuer=dev_issuer.issuer)
+    assert g.cached(RULES.default, bearer(token)) is None
+    assert g.cached(RULES.default, bearer(other)) is None  # the list changed: checked again
+    denied(decide(g, "GET", "/x", bearer(token)), "revoked_token")
+    assert allowed(decide(g, "GET", "/x", bearer(other))).cached is True
+    assert g.cached(RULES.default, bearer(other)) is not None  # checked at this generation
+    assert g.cached(RULES.default, bearer(token)) is None

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import Clock
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials, BaseUser, requires
 from starlette.endpoints import HTTPEndpoint
@@ -596,6 +597,32 @@ def test_uvicorn_serves_it_as_an_asgi3_app(dev_issuer: DevIssuer) -> None:
     config = uvicorn.Config(GatekeeperMiddleware(Starlette(), verifier=verifier))
     config.load()
     assert config.interface == "asgi3"
+
+
+@pytest.mark.anyio
+async def test_each_middleware_serves_its_own_call_and_subclasses_still_work(
+    dev_issuer: DevIssuer, clock: Clock
+) -> None:
+    # __call__ is a closure per instance (a per-instance subclass's staticmethod): two
+    # middlewares keep their own settings, and a subclass with its own __init__ still works.
+    verifier = Verifier(dev_issuer.issuer, jwks=dev_issuer.jwks(), audience="api", clock=clock)
+
+    class Audited(GatekeeperMiddleware):
+        def __init__(self, app: ASGIApp, **options: Any) -> None:
+            self.audited = True
+            super().__init__(app, **options)
+
+    strict = Audited(Starlette(routes=ROUTES), verifier=verifier, scopes="admin")
+    lenient = make_app(verifier)
+    assert isinstance(strict, Audited)
+    assert isinstance(strict, GatekeeperMiddleware)
+    assert type(strict).__name__ == "Audited"
+    assert strict.audited
+    assert type(strict).__call__ is not type(lenient).__call__
+    token = bearer(dev_issuer.mint(subject="u1", scope="read"))
+    for _ in range(2):  # the second request is the hot path
+        assert (await call(lenient, "/x", headers=token)).status_code == 200
+        assert (await call(strict, "/x", headers=token)).status_code == 403
 
 
 # -- every profile, every kind ---------------------------------------------------------------------
