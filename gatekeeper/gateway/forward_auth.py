@@ -47,11 +47,10 @@ from urllib.parse import unquote_plus
 
 from ..decision import Allow, Deny, Gate
 from ..errors import AuthError
-from ..redact import fingerprint, redact_query
 from ..responses import ErrorProfile, ErrorResponse
 from .identity import IdentityHeaders
 from .paths import PathRejected, normalise_path, split_target
-from .record import Decision, Reporter, RequestRecord
+from .record import Decision, Reporter, RequestRecord, logged_query, token_fingerprint
 
 __all__ = [
     "PROXIES",
@@ -72,6 +71,8 @@ UPSTREAM_URI_HEADER: Final = "x-gatekeeper-uri"
 UPSTREAM_PATH_HEADER: Final = "x-gatekeeper-path"
 #: The real status of a refusal that nginx mode answered with 401/403.
 STATUS_HEADER: Final = "x-gatekeeper-status"
+_UPSTREAM_URI: Final = UPSTREAM_URI_HEADER.encode("ascii")
+_UPSTREAM_PATH: Final = UPSTREAM_PATH_HEADER.encode("ascii")
 
 # (method header, target header) per proxy; None: the auth request's own method / path.
 _CONVENTIONS: Final[dict[ProxyKind, tuple[bytes | None, bytes | None]]] = {
@@ -85,6 +86,9 @@ _CONVENTIONS: Final[dict[ProxyKind, tuple[bytes | None, bytes | None]]] = {
 # odd method is refused rather than matched against no method-specific rule.
 _METHOD: Final = re.compile(rb"[A-Z][A-Z0-9_-]{0,31}")
 _ABSOLUTE_URL: Final = re.compile(rb"https?://[^/?#\s]+", re.IGNORECASE)
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+#: How many verified claims objects' allow headers are kept (the memo is then emptied).
+_MEMO_SIZE: Final = 4096
 _NO_STORE: Final = (b"cache-control", b"no-store")
 
 
@@ -173,6 +177,12 @@ class ForwardAuth:
         self._nginx = settings.proxy in ("nginx", "ingress-nginx")
         self._token_params = frozenset(gate.source.query_params) | {"bearer_token", "access_token"}
         self._identity_names = [name.lower().encode("ascii") for name in identity.names]
+        # An anonymous allow sends every identity header empty.
+        self._anonymous: tuple[tuple[bytes, bytes], ...] = tuple((name, b"") for name in self._identity_names)
+        # id(claims) -> (claims, every identity header, client id): rendered once per verified
+        # Claims object (the cache hands back the same one); the entry holds the claims, so
+        # their id cannot be reused meanwhile, and `is` checks it.
+        self._memo: dict[int, tuple[Any, tuple[tuple[bytes, bytes], ...], str | None]] = {}
 
     def handles(self, path: str) -> bool:
         """Whether a request for ``path`` (the listener's path) is for this endpoint."""
@@ -239,8 +249,7 @@ class ForwardAuth:
         else:
             assert self._method_header is not None
             assert self._target_header is not None
-            target_value = self._required(headers, self._target_header, "missing_original_uri")
-            method_value = self._required(headers, self._method_header, "missing_original_method")
+            target_value, method_value = self._originals(headers)
             method = _ascii(method_value, "method")
             if self.settings.proxy == "ingress-nginx":
                 prefix_match = _ABSOLUTE_URL.match(target_value)
@@ -264,8 +273,35 @@ class ForwardAuth:
             ) from None
         return _Original(method, text, path, query)
 
-    def _required(self, headers: Sequence[tuple[bytes, bytes]], name: bytes, slug: str) -> bytes:
-        value = _one_header(headers, name)
+    def _originals(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+        """The target and method headers in one scan, refused as two :meth:`_required` calls
+        (target first) would refuse them."""
+        target_name = self._target_header
+        method_name = self._method_header
+        assert target_name is not None
+        assert method_name is not None
+        target: bytes | None = None
+        method: bytes | None = None
+        target_repeated = method_repeated = False
+        for key, value in headers:
+            if key != target_name and key != method_name:
+                if len(key) != len(target_name) and len(key) != len(method_name):
+                    continue
+                key = key.lower()  # ASGI servers send lower case; anything else is compared so
+            if key == target_name:
+                target_repeated = target_repeated or target is not None
+                target = value
+            elif key == method_name:
+                method_repeated = method_repeated or method is not None
+                method = value
+        target = self._checked(target, target_repeated, target_name, "missing_original_uri")
+        method = self._checked(method, method_repeated, method_name, "missing_original_method")
+        return target, method
+
+    def _checked(self, value: bytes | None, repeated: bool, name: bytes, slug: str) -> bytes:
+        if repeated:
+            title = name.decode("ascii").title()
+            raise _BadRequest("repeated_header", f"The {title} header is repeated", profile=True)
         if value is None:
             title = name.decode("ascii").title()
             mode = self.settings.proxy
@@ -280,12 +316,28 @@ class ForwardAuth:
         # anonymous): proxies that copy named headers (Caddy's copy_headers, Envoy's
         # allowed_upstream_headers) then overwrite a client's copy instead of keeping it, and
         # Caddy 2.6 would otherwise send its unexpanded placeholder. nginx sends no empty header.
-        values = dict(self.identity.raw_values(allow.claims))
-        out = [(name, values.get(name, b"")) for name in self._identity_names]
-        out.append((UPSTREAM_URI_HEADER.encode("ascii"), self._upstream_uri(original)))
-        out.append((UPSTREAM_PATH_HEADER.encode("ascii"), original.path.encode("ascii")))
-        out.append(self._cache_control(allow))
+        identity = self._anonymous if allow.claims is None else self._facts(allow.claims)[1]
+        out = [
+            *identity,
+            (_UPSTREAM_URI, self._upstream_uri(original)),
+            (_UPSTREAM_PATH, original.path.encode("ascii")),
+            self._cache_control(allow),
+        ]
         return 200, out, b""
+
+    def _facts(self, claims: Any) -> tuple[Any, tuple[tuple[bytes, bytes], ...], str | None]:
+        """(claims, every identity header in configured order, client id), once per verified
+        Claims object."""
+        entry = self._memo.get(id(claims))
+        if entry is not None and entry[0] is claims:
+            return entry
+        values = dict(self.identity.rendered(claims))
+        identity = tuple((name, values.get(name, b"")) for name in self._identity_names)
+        entry = (claims, identity, _client_id(claims))
+        if len(self._memo) >= _MEMO_SIZE:
+            self._memo.clear()
+        self._memo[id(claims)] = entry
+        return entry
 
     def _cache_control(self, allow: Allow) -> tuple[bytes, bytes]:
         seconds = self.settings.decision_cache_seconds
@@ -298,7 +350,7 @@ class ForwardAuth:
         return (b"cache-control", f"private, max-age={seconds}".encode("ascii"))
 
     def _upstream_uri(self, original: _Original) -> bytes:
-        query = _without_params(original.query, self._token_params)
+        query = _kept_query(original.query, self._token_params)
         return original.path.encode("ascii") + (b"?" + query if query else b"")
 
     def _deny(self, rendered: ErrorResponse, render: bool) -> _Answer:
@@ -358,7 +410,7 @@ class ForwardAuth:
     ) -> None:
         claims = result.claims if isinstance(result, Allow) else None
         error = result.error if isinstance(result, Deny) else None
-        query = redact_query(original.query, self._token_params)
+        query = logged_query(original.query, self._token_params)
         self.reporter(
             RequestRecord(
                 door="forward_auth",
@@ -372,8 +424,8 @@ class ForwardAuth:
                 error_kind=error.kind if error is not None else None,
                 issuer=claims.issuer if claims is not None else (error.issuer if error is not None else None),
                 subject=claims.subject if claims is not None else None,
-                client_id=_client_id(claims),
-                token=fingerprint(result.token) if result.token else None,
+                client_id=None if claims is None else self._facts(claims)[2],
+                token=token_fingerprint(result.token, claims) if result.token else None,
                 cached=result.cached if isinstance(result, Allow) else None,
             )
         )
@@ -395,20 +447,9 @@ def _ascii(value: bytes, what: str) -> str:
         text = value.decode("ascii")
     except UnicodeDecodeError:
         raise _BadRequest(slug, f"The original request {what} is not ASCII", profile=True) from None
-    if any(c < " " or c == "\x7f" for c in text):
+    if _CONTROL.search(text) is not None:
         raise _BadRequest(slug, f"The original request {what} has a control character", profile=True)
     return text
-
-
-def _one_header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    found: bytes | None = None
-    for key, value in headers:
-        if key == name or (len(key) == len(name) and key.lower() == name):
-            if found is not None:
-                title = name.decode("ascii").title()
-                raise _BadRequest("repeated_header", f"The {title} header is repeated", profile=True)
-            found = value
-    return found
 
 
 def _one_header_quiet(headers: Sequence[tuple[bytes, bytes]], name: bytes | None) -> bytes | None:
@@ -418,6 +459,20 @@ def _one_header_quiet(headers: Sequence[tuple[bytes, bytes]], name: bytes | None
         if key.lower() == name:
             return value
     return None
+
+
+def _kept_query(query: bytes, names: frozenset[str]) -> bytes:
+    """Exactly :func:`_without_params`, without splitting a query that has no escape and in
+    which no token parameter name occurs (its keys are literal, so none is a token parameter
+    and every pair is kept)."""
+    if (
+        query
+        and b"%" not in query
+        and b"+" not in query
+        and all(name and name.isascii() and name.encode("ascii") not in query for name in names)
+    ):
+        return _safe_bytes(query)
+    return _without_params(query, names)
 
 
 def _without_params(query: bytes, names: frozenset[str]) -> bytes:

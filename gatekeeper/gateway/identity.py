@@ -33,11 +33,21 @@ from urllib.parse import quote
 
 from ..claims import Claims
 
-__all__ = ["DEFAULT_HEADERS", "SCOPES", "HeaderSpec", "IdentityHeaders", "encode_value", "normal_name"]
+__all__ = [
+    "DEFAULT_HEADERS",
+    "MEMO_SIZE",
+    "SCOPES",
+    "HeaderSpec",
+    "IdentityHeaders",
+    "encode_value",
+    "normal_name",
+]
 
 #: The pseudo-claim for the token's normalised scopes.
 SCOPES: Final = "$scopes"
 _SAFE: Final = "-._~!$&'()*;=:@/"  # quote() always keeps A-Z a-z 0-9 and "_.-~"
+#: How many verified claims objects' rendered headers are kept (the memo is then emptied).
+MEMO_SIZE: Final = 4096
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -132,6 +142,12 @@ class IdentityHeaders:
     prefix: str | None = "X-Auth-"
     _names: frozenset[str] = field(init=False, repr=False, compare=False)
     _prefix: str = field(init=False, repr=False, compare=False)
+    # id(claims) -> (claims, rendered pairs): the verified-token cache hands back the same
+    # Claims object for a token, so its headers are rendered once. The entry holds the claims,
+    # so the id cannot be reused while it is cached, and `is` checks it anyway.
+    _memo: dict[int, tuple[Claims, tuple[tuple[bytes, bytes], ...]]] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         names = [normal_name(spec.name) for spec in self.headers]
@@ -139,6 +155,7 @@ class IdentityHeaders:
             raise ValueError("two identity headers have the same name")
         object.__setattr__(self, "_names", frozenset(names))
         object.__setattr__(self, "_prefix", normal_name(self.prefix) if self.prefix else "")
+        object.__setattr__(self, "_memo", {})
 
     @classmethod
     def from_mapping(
@@ -175,7 +192,29 @@ class IdentityHeaders:
 
     def raw_values(self, claims: Claims | None) -> Headers:
         """:meth:`values` as ASGI header pairs (lower-case names, bytes)."""
-        return [(name.lower().encode("ascii"), value.encode("ascii")) for name, value in self.values(claims)]
+        return list(self.rendered(claims))
+
+    def rendered(self, claims: Claims | None) -> tuple[tuple[bytes, bytes], ...]:
+        """:meth:`raw_values` as a tuple, rendered once per verified :class:`Claims` object.
+
+        Claims are read-only, so the rendering of one object never changes; the memo is keyed
+        by the object itself (an identity check, never equality), holds at most
+        :data:`MEMO_SIZE` entries and is emptied wholesale when full. It decides nothing: the
+        claims come from a decision that already allowed the request.
+        """
+        if claims is None:
+            return ()
+        memo = self._memo
+        entry = memo.get(id(claims))
+        if entry is not None and entry[0] is claims:
+            return entry[1]
+        pairs = tuple(
+            (name.lower().encode("ascii"), value.encode("ascii")) for name, value in self.values(claims)
+        )
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        memo[id(claims)] = (claims, pairs)
+        return pairs
 
     def strip_client_copies(self, headers: Iterable[tuple[bytes, bytes]]) -> Headers:
         """ASGI headers without any client copy of a gateway header: every configured name in

@@ -113,15 +113,37 @@ class GatewayMetrics:
             multiprocess_mode="max",
         )
         self._mirrored: dict[tuple[str, str], int] = {}
+        # Labelled children by label values: ``labels()`` validates and locks on every call;
+        # the values are bounded (see the module doc), so these dicts are too.
+        self._decision_children: dict[tuple[str, str, str, str], Any] = {}
+        self._seconds_children: dict[str, Any] = {}
+        # Created on first use, like labels() would: an unused child would be exported as 0.
+        self._cache_children: dict[bool, Any] = {}
+        self._upstream_children: dict[int, Any] = {}
 
     def observe(self, record: RequestRecord) -> None:
         """Count one request."""
-        self.decisions.labels(record.door, record.decision, record.error_kind or "", record.rule or "").inc()
-        self.decision_seconds.labels(record.door).observe(record.decision_latency)
+        key = (record.door, record.decision, record.error_kind or "", record.rule or "")
+        decisions = self._decision_children.get(key)
+        if decisions is None:
+            decisions = self._decision_children[key] = self.decisions.labels(*key)
+        decisions.inc()
+        seconds = self._seconds_children.get(record.door)
+        if seconds is None:
+            seconds = self._seconds_children[record.door] = self.decision_seconds.labels(record.door)
+        seconds.observe(record.decision_latency)
         if record.cached is not None:
-            self.token_cache.labels("hit" if record.cached else "miss").inc()
+            hit = bool(record.cached)
+            cache = self._cache_children.get(hit)
+            if cache is None:
+                cache = self._cache_children[hit] = self.token_cache.labels("hit" if hit else "miss")
+            cache.inc()
         if record.upstream_status is not None:
-            self.upstream_responses.labels(status_class(record.upstream_status)).inc()
+            upstream = self._upstream_children.get(record.upstream_status)
+            if upstream is None:
+                upstream = self.upstream_responses.labels(status_class(record.upstream_status))
+                self._upstream_children[record.upstream_status] = upstream
+            upstream.inc()
         if record.upstream_latency is not None:
             self.upstream_seconds.observe(record.upstream_latency)
 

@@ -65,6 +65,9 @@ _ENCODED_REFUSED: Final[dict[int, str]] = {
     **{b: "an encoded control character" for b in (*range(0x20), 0x7F)},
 }
 _ESCAPE: Final = re.compile(r"%([0-9A-Fa-f]{2})")
+# A path the full rule gives back unchanged when it also has no "//", no "/." and (unless
+# allowed) no ";": raw-allowed characters only, no escapes.
+_PLAIN: Final = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -162,6 +165,20 @@ def normalise_path(raw: str | bytes, *, allow_semicolon: bool = False) -> str:
             raw = raw.decode("ascii")
         except UnicodeDecodeError:
             raise PathRejected("a non-ASCII byte in the path (percent-encode it)") from None
+    if (
+        "//" not in raw
+        and "/." not in raw
+        and (allow_semicolon or ";" not in raw)
+        and _PLAIN.fullmatch(raw) is not None
+    ):
+        # Already normal (no escape to decode, no empty or dot segment): the loop below would
+        # rebuild the same string. tests/gateway/test_paths.py checks both agree.
+        return raw
+    return _normalise(raw, allow_semicolon)
+
+
+def _normalise(raw: str, allow_semicolon: bool) -> str:
+    """The full rule (no fast path)."""
     _check_raw(raw, allow_semicolon)
     segments: list[str] = []
     parts = raw.split("/")

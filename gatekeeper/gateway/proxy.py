@@ -39,13 +39,12 @@ import httpx
 from ..accesslog import printable
 from ..decision import Allow, Deny, Gate
 from ..errors import AuthError
-from ..redact import fingerprint, redact_query
 from ..responses import ErrorProfile, ErrorResponse
 from ..rules import compile_pattern
 from .hop import Headers, strip_hop_by_hop
 from .identity import IdentityHeaders
 from .paths import PathRejected, normalise_path
-from .record import Reporter, RequestRecord
+from .record import Reporter, RequestRecord, logged_query, token_fingerprint
 from .upstream_pool import Exchange, LeanPool
 
 HostMode = Literal["rewrite", "forward"]
@@ -269,7 +268,7 @@ class ReverseProxy:
     def logged_path(self, scope: dict[str, Any], path: str | None = None) -> str:
         """The request's path for the record: token parameters redacted, printable."""
         path = path if path is not None else scope.get("path", "")
-        query = redact_query(scope.get("query_string", b""), self._token_params)
+        query = logged_query(scope.get("query_string", b""), self._token_params)
         return printable(f"{path}?{query}" if query else path)
 
     async def _handle(
@@ -295,7 +294,9 @@ class ReverseProxy:
         record.decision_latency = time.perf_counter() - started
         record.rule = result.rule.path
         if result.token is not None:
-            record.token = fingerprint(result.token)
+            record.token = token_fingerprint(
+                result.token, result.claims if isinstance(result, Allow) else None
+            )
         if isinstance(result, Deny):
             record.decision = "deny"
             record.error_kind = result.error.kind
@@ -382,7 +383,7 @@ class ReverseProxy:
             if forwarded_host is not None:
                 out.append((b"x-forwarded-host", forwarded_host))
         if allow.claims is not None:
-            out.extend(self.identity.raw_values(allow.claims))
+            out.extend(self.identity.rendered(allow.claims))
         return out
 
     def upstream_target(self, upstream: _Upstream, path: str, query: bytes) -> bytes:

@@ -9,9 +9,12 @@ configured pattern, ``issuer`` a configured issuer, ``error_kind`` one of the er
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Final, Literal
+
+from ..redact import fingerprint, redact_query
 
 Decision = Literal["allow", "deny", "error"]
 Door = Literal["forward_auth", "proxy"]
@@ -46,3 +49,48 @@ class RequestRecord:
 
 #: Receives one record per request; must be cheap and must not raise.
 Reporter = Callable[[RequestRecord], None]
+
+
+#: How many verified claims objects' token fingerprints are kept (the memo is then emptied).
+MEMO_SIZE: Final = 4096
+# id(claims) -> (claims, token, fingerprint). The verified-token cache hands back the same
+# Claims object for the same token, so its fingerprint is computed once; the entry holds the
+# claims (their id cannot be reused meanwhile) and both the object and the token are checked.
+_fingerprints: dict[int, tuple[Any, str, str]] = {}
+
+
+def token_fingerprint(token: str, claims: Any = None) -> str:
+    """:func:`gatekeeper.redact.fingerprint` of ``token``, remembered per verified ``claims``
+    object (pass the claims the token verified to; ``None`` computes it every time)."""
+    if claims is None:
+        return fingerprint(token)
+    entry = _fingerprints.get(id(claims))
+    if entry is not None and entry[0] is claims and entry[1] == token:
+        return entry[2]
+    value = fingerprint(token)
+    if len(_fingerprints) >= MEMO_SIZE:
+        _fingerprints.clear()
+    _fingerprints[id(claims)] = (claims, token, value)
+    return value
+
+
+# A query redact_query would give back unchanged: non-empty ``key=value`` pairs of characters
+# that neither parse_qsl decodes nor quote encodes.
+_PLAIN_QUERY: Final = re.compile(r"[A-Za-z0-9._~-]+=[A-Za-z0-9._~-]*(?:&[A-Za-z0-9._~-]+=[A-Za-z0-9._~-]*)*")
+_ALWAYS_SECRET: Final = ("access_token", "bearer_token")
+
+
+def logged_query(query_string: bytes, names: Collection[str]) -> str:
+    """Exactly :func:`gatekeeper.redact.redact_query`, without parsing and re-encoding a plain
+    query that names no token parameter (the common case): that one comes back as it is."""
+    if not query_string:
+        return ""
+    text = query_string.decode("latin-1")
+    # Keys in a plain query are literal, so a token parameter's name would be a substring.
+    if (
+        _PLAIN_QUERY.fullmatch(text) is not None
+        and not any(name in text for name in _ALWAYS_SECRET)
+        and not any(name in text for name in names)
+    ):
+        return text
+    return redact_query(query_string, names)

@@ -11,16 +11,20 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Clock
+from hypothesis import example, given
+from hypothesis import strategies as st
 from upstream import ServerThread
 
 from gatekeeper.bearer import BearerSource
 from gatekeeper.decision import Gate
+from gatekeeper.gateway import forward_auth
 from gatekeeper.gateway.forward_auth import ForwardAuth, ForwardAuthSettings
 from gatekeeper.gateway.identity import IdentityHeaders
 from gatekeeper.gateway.record import RequestRecord
 from gatekeeper.issuer import DevIssuer
 from gatekeeper.redact import fingerprint
 from gatekeeper.responses import get_profile
+from gatekeeper.revocation import Revocation, Revocations
 from gatekeeper.rules import Rule, RuleSet
 from gatekeeper.verifier import Verifier
 
@@ -329,3 +333,76 @@ def test_settings_validation() -> None:
         ForwardAuthSettings(proxy="haproxy")  # type: ignore[arg-type]
     assert ForwardAuthSettings(path="/gk/").render_path == "/gk/render"
     assert json.dumps(ForwardAuthSettings().path) == '"/auth"'
+
+
+# -- the per-request shortcuts change nothing ---------------------------------------------------
+
+_QUERY_PIECE = st.sampled_from(
+    [
+        b"a",
+        b"x1",
+        b"",
+        b"%41",
+        b"%2",
+        b"+",
+        b"=",
+        b"&",
+        b"bearer_token",
+        b"%62earer_token",
+        b"tok",
+        b"\xc3\xa9",
+        b" ",
+    ]
+)
+
+
+@given(
+    query=st.lists(_QUERY_PIECE, max_size=8).map(b"".join),
+    names=st.sampled_from([frozenset({"bearer_token"}), frozenset({"bearer_token", "tok"}), frozenset({""})]),
+)
+@example(query=b"a=1&tok=2", names=frozenset({"bearer_token", "tok"}))
+@example(query=b"a=1&b=%41", names=frozenset({"bearer_token"}))
+def test_the_kept_query_shortcut_is_exactly_the_full_split(query: bytes, names: frozenset[str]) -> None:
+    assert forward_auth._kept_query(query, names) == forward_auth._without_params(query, names)
+
+
+def test_alternating_cached_tokens_each_get_their_own_identity(serve: Serve, dev_issuer: DevIssuer) -> None:
+    fa = serve()
+    tokens = {
+        name: dev_issuer.mint(subject=name, claims={"client_id": f"app-{name}"}) for name in ("ann", "bob")
+    }
+    for _ in range(3):  # the second and third rounds are answered from the verified-token cache
+        for name, token in tokens.items():
+            response = fa.ask("/items/1?x=1", token=token)
+            assert response.headers["x-auth-subject"] == name
+            assert response.headers["x-auth-client-id"] == f"app-{name}"
+            assert fa.records[-1].token == fingerprint(token)
+            assert fa.records[-1].client_id == f"app-{name}"
+    assert [r.cached for r in fa.records[-2:]] == [True, True]
+
+
+def test_a_cached_token_is_refused_once_revoked_or_expired(dev_issuer: DevIssuer, clock: Clock) -> None:
+    revocations = Revocations(clock=clock)
+    verifier = Verifier(
+        dev_issuer.issuer, jwks=dev_issuer.jwks(), audience="api", clock=clock, revocations=revocations
+    )
+    gate = Gate(verifier, rules=RULES, source=BearerSource.of("bearer_token"))
+    records: list[RequestRecord] = []
+    app = ForwardAuth(gate, get_profile("rfc6750"), ForwardAuthSettings(), IdentityHeaders(), records.append)
+    server = ServerThread(app).start()
+    try:
+        fa = Endpoint(server, records)
+        revoked, expiring = dev_issuer.mint(subject="eve"), dev_issuer.mint(subject="kim", expires_in=60)
+        for token in (revoked, expiring, revoked, expiring):
+            assert fa.ask("/items/1", token=token).status_code == 200
+        assert records[-1].cached is True
+        revocations.add(Revocation("sub", "eve", None, until=clock() + 3600, before=clock() + 1))
+        denied = fa.ask("/items/1", token=revoked)
+        assert denied.status_code == 401
+        assert "x-auth-subject" not in denied.headers
+        assert fa.ask("/items/1", token=expiring).headers["x-auth-subject"] == "kim"
+        clock.advance(3600)
+        assert fa.ask("/items/1", token=expiring).status_code == 401
+        fa.client.close()
+    finally:
+        server.stop()

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gatekeeper.claims import Claims, normalise_scopes
+from gatekeeper.gateway import identity as identity_module
 from gatekeeper.gateway.identity import HeaderSpec, IdentityHeaders, encode_value
 
 ISS = "https://issuer.example/"
@@ -157,3 +158,34 @@ def test_strip_without_prefix_keeps_other_headers_but_not_configured_names() -> 
 def test_raw_values_are_asgi_pairs() -> None:
     raw = IdentityHeaders().raw_values(claims(sub="s"))
     assert raw[0] == (b"x-auth-subject", b"s")
+
+
+# -- rendered once per verified Claims object ------------------------------------------------------
+
+
+def test_rendered_is_the_raw_values_and_is_kept_per_claims_object() -> None:
+    identity = IdentityHeaders()
+    alice = claims(sub="alice", scope="b a")
+    first = identity.rendered(alice)
+    assert list(first) == [(name.lower().encode(), value.encode()) for name, value in identity.values(alice)]
+    assert identity.rendered(alice) is first  # the memo answered
+    assert identity.raw_values(alice) == list(first)
+    assert identity.rendered(None) == ()
+
+
+def test_an_equal_but_different_claims_object_is_rendered_for_itself() -> None:
+    identity = IdentityHeaders()
+    a1, a2 = claims(sub="alice"), claims(sub="alice")
+    assert identity.rendered(a1) is not identity.rendered(a2)
+    assert dict(identity.rendered(claims(sub="bob")))[b"x-auth-subject"] == b"bob"
+    assert dict(identity.rendered(a1))[b"x-auth-subject"] == b"alice"
+
+
+def test_the_memo_is_bounded() -> None:
+    identity = IdentityHeaders()
+    kept = [claims(sub=f"user-{i}") for i in range(identity_module.MEMO_SIZE + 10)]
+    for index, item in enumerate(kept):
+        assert dict(identity.rendered(item))[b"x-auth-subject"] == f"user-{index}".encode()
+    assert len(identity._memo) <= identity_module.MEMO_SIZE
+    # the entries that were dropped render again, correctly
+    assert dict(identity.rendered(kept[0]))[b"x-auth-subject"] == b"user-0"

@@ -87,3 +87,36 @@ def test_two_instances_in_one_process_do_not_clash() -> None:
     first.observe(RequestRecord("proxy", "GET", "/", 200, "allow", 0.0, 0.0, rule="/**"))
     assert "gatekeeper_decisions_total{" in _text(first)
     assert "gatekeeper_decisions_total{" not in _text(second)
+
+
+def test_repeated_and_distinct_labels_count_separately() -> None:
+    # the labelled children are kept per label values: each combination still counts for itself
+    metrics = GatewayMetrics()
+    for rule, cached, upstream in (("/a/**", True, 200), ("/a/**", True, 200), ("/b/**", False, 503)):
+        metrics.observe(
+            RequestRecord(
+                "proxy",
+                "GET",
+                "/",
+                200,
+                "allow",
+                0.01,
+                0.001,
+                rule=rule,
+                cached=cached,
+                upstream_status=upstream,
+            )
+        )
+    text = _text(metrics)
+    decisions = metric_samples(text, "gatekeeper_decisions_total")
+    assert decisions[(("door", "proxy"), ("kind", ""), ("outcome", "allow"), ("rule", "/a/**"))] == 2
+    assert decisions[(("door", "proxy"), ("kind", ""), ("outcome", "allow"), ("rule", "/b/**"))] == 1
+    assert metric_samples(text, "gatekeeper_token_cache_total") == {
+        (("result", "hit"),): 2,
+        (("result", "miss"),): 1,
+    }
+    assert metric_samples(text, "gatekeeper_upstream_responses_total") == {
+        (("status_class", "2xx"),): 2,
+        (("status_class", "5xx"),): 1,
+    }
+    assert metric_samples(text, "gatekeeper_decision_seconds_count") == {(("door", "proxy"),): 3}

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gatekeeper.gateway import paths
 from gatekeeper.gateway.paths import PathRejected, normalise_path, split_target
 from gatekeeper.rules import Rule, RuleSet
 
@@ -171,3 +172,32 @@ def test_normalisation_is_idempotent_and_safe(raw: str) -> None:
     assert "." not in segments
     assert ".." not in segments
     assert not any(c in once for c in "\\\x00\r\n ")
+
+
+# -- the fast path for already-normal paths --------------------------------------------------------
+
+_PATHISH = st.text(alphabet="/.%2eEfF5cC3bBa;\\\x00\x7f é?#:@!~-_", max_size=24)
+
+
+def _outcome(call: object, raw: str, allow_semicolon: bool) -> tuple[str, str]:
+    try:
+        return "ok", call(raw, allow_semicolon=allow_semicolon)  # type: ignore[operator]
+    except PathRejected as rejected:
+        return "rejected", rejected.reason
+
+
+def _full(raw: str, *, allow_semicolon: bool) -> str:
+    return paths._normalise(raw, allow_semicolon)
+
+
+@given(tail=_PATHISH, lead=st.sampled_from(["/", "", "//", "/.", "/a/"]), allow_semicolon=st.booleans())
+def test_the_fast_path_agrees_with_the_full_rule(tail: str, lead: str, allow_semicolon: bool) -> None:
+    raw = lead + tail
+    assert _outcome(normalise_path, raw, allow_semicolon) == _outcome(_full, raw, allow_semicolon)
+
+
+@pytest.mark.parametrize("raw", ["/", "/items/1", "/a/b/", "/a;b", "/x.y/z-_~!$&'()*+,=:@"])
+def test_a_normal_path_comes_back_as_the_same_string(raw: str) -> None:
+    allow = ";" in raw
+    assert normalise_path(raw, allow_semicolon=allow) is raw  # the fast path: no rebuilt copy
+    assert _full(raw, allow_semicolon=allow) == raw
