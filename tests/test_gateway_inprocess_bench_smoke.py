@@ -1,0 +1,29 @@
+"""Smoke test for benchmarks/gateway_inprocess.py: ``--quick`` runs every variant with tiny sizes
+and prints its table. No timing is asserted (the machine is shared and noisy); this only catches a
+script that no longer runs against the assembled gateway, or stopped printing what it is for."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_quick_run_prints_the_table_and_the_ratios() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gateway_inprocess.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=BENCHMARKS.parent,
+    )
+    assert result.returncode == 0, f"exit {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    out = result.stdout
+    assert "In-process cached-token GET /auth" in out
+    for variant in ("bare", "decision (metrics off)", "decision (metrics on)"):
+        assert re.search(rf"^\| {re.escape(variant)} +\| \d+\.\d +\|", out, re.MULTILINE), variant
+    assert re.search(r"decision / bare \(metrics on\): \d+\.\d\dx; \(metrics off\): \d+\.\d\dx", out)
