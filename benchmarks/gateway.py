@@ -35,6 +35,8 @@ Run (needs wrk; nginx for leg 2 and the ceiling, skipped with a note without it)
     .venv/bin/python benchmarks/gateway.py                 # 3 rounds x 10 s, 1M requests/100k tokens
     .venv/bin/python benchmarks/gateway.py --quick         # smoke run: tiny sizes, 1 s per variant
     .venv/bin/python benchmarks/gateway.py --requests 200000 --tokens 100000 --stream-mib 1024
+    .venv/bin/python benchmarks/gateway.py --decision-only # leg 1 only (benchmarks/gateway_inprocess.py
+                                                           # measures the same endpoint in process)
 
 The machine this was written on has 2 CPUs shared with other work: no process is pinned (three
 processes take part in a proxied request), and each table row says how busy the servers were.
@@ -668,7 +670,7 @@ def throughput_legs(
     gks = {s: start(gatekeeper(f"gatekeeper-{s}", s, issuer, upstreams[s], logs)) for s in STACKS}
     for p in gks.values():
         p.wait_ready()
-    ngx = nginx(gks["httptools"], upstreams["httptools"], logs)
+    ngx = None if args.decision_only else nginx(gks["httptools"], upstreams["httptools"], logs)
     if ngx is not None:
         start(ngx[0]).wait_ready()
 
@@ -742,6 +744,8 @@ def throughput_legs(
                 [nginx_proc, gks["httptools"], up],
             ),
         ]
+    if args.decision_only:
+        variants = [v for v in variants if v.key.startswith(("bare-", "decision-"))]
     by_key = {v.key: v for v in variants}
 
     for _ in range(args.rounds):
@@ -761,6 +765,10 @@ def throughput_legs(
         )
         ratios.append(cells)
         ok &= fine
+    if args.decision_only:
+        print(table(["ratio (req/s medians of this run)", "ratio", "target", "verdict"], ratios))
+        print(flush=True)
+        return ok
     if ngx is not None:
         print("## nginx + auth_request -> gatekeeper -> upstream vs nginx -> upstream")
         print()
@@ -816,6 +824,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stream-mib", type=int, default=1024, help="memory leg: MiB up and down")
     parser.add_argument("--skip-memory", action="store_true", help="only the wrk throughput legs")
     parser.add_argument("--skip-throughput", action="store_true", help="only the memory legs")
+    parser.add_argument(
+        "--decision-only", action="store_true", help="only leg 1: the decision endpoint vs bare Starlette"
+    )
     parser.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
     parser.add_argument("--serve", choices=("upstream", "bare"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -867,7 +878,7 @@ def run(args: argparse.Namespace) -> int:
         ok = True
         if not args.skip_throughput:
             ok = throughput_legs(args, token, upstreams, logs, start, issuer)
-        if not args.skip_memory:
+        if not args.skip_memory and not args.decision_only:
             print()
             for line in memory_leg(args, issuer, upstreams["httptools"], logs):
                 print(line)

@@ -66,3 +66,21 @@ def test_judges_each_target(output: str) -> None:
 def test_nginx_rows_when_nginx_is_installed(output: str) -> None:
     assert "| nginx + auth_request -> gatekeeper -> upstream " in output
     assert "| nginx proxy_pass / upstream (uvloop + httptools): the ceiling " in output
+
+
+def test_decision_only_runs_leg_one_alone() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gateway.py"), "--quick", "--decision-only"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=BENCHMARKS.parent,
+    )
+    assert result.returncode == 0, f"exit {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    out = result.stdout
+    assert "| gatekeeper /auth, cached token (uvloop + httptools) " in out
+    assert len(re.findall(r"^\| decision / bare \(.*\| (?:PASS|MISS) +\|$", out, flags=re.MULTILINE)) == 2
+    assert "## Reverse proxy" not in out
+    assert "## Memory" not in out
+    assert "nginx" not in out.split("## Decision endpoint")[1]

@@ -37,6 +37,7 @@ keys came back in between), it answers the profile's ``keys_unavailable`` (retry
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -86,6 +87,8 @@ _CONVENTIONS: Final[dict[ProxyKind, tuple[bytes | None, bytes | None]]] = {
 # odd method is refused rather than matched against no method-specific rule.
 _METHOD: Final = re.compile(rb"[A-Z][A-Z0-9_-]{0,31}")
 _ABSOLUTE_URL: Final = re.compile(rb"https?://[^/?#\s]+", re.IGNORECASE)
+# Methods _METHOD matches, tested first without encoding and matching.
+_COMMON_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 #: How many verified claims objects' allow headers are kept (the memo is then emptied).
 _MEMO_SIZE: Final = 4096
@@ -175,6 +178,8 @@ class ForwardAuth:
         self._clock = clock
         self._method_header, self._target_header = _CONVENTIONS[settings.proxy]
         self._nginx = settings.proxy in ("nginx", "ingress-nginx")
+        self._envoy = settings.proxy == "envoy"
+        self._render_path = settings.render_path
         self._token_params = frozenset(gate.source.query_params) | {"bearer_token", "access_token"}
         self._identity_names = [name.lower().encode("ascii") for name in identity.names]
         # An anonymous allow sends every identity header empty.
@@ -187,7 +192,7 @@ class ForwardAuth:
     def handles(self, path: str) -> bool:
         """Whether a request for ``path`` (the listener's path) is for this endpoint."""
         base = self.settings.path
-        if path == base or (self._nginx and path == self.settings.render_path):
+        if path == base or (self._nginx and path == self._render_path):
             return True
         return self.settings.proxy == "envoy" and path.startswith(base.rstrip("/") + "/")
 
@@ -203,7 +208,7 @@ class ForwardAuth:
                 send, 404, [(b"content-type", b"application/json"), _NO_STORE], b'{"error":"not_found"}'
             )
             return
-        render = self._nginx and path == self.settings.render_path
+        render = self._nginx and path == self._render_path
         started = time.perf_counter()
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         try:
@@ -235,7 +240,7 @@ class ForwardAuth:
     # -- the original request ---------------------------------------------------------------
 
     def _original(self, scope: dict[str, Any], headers: Sequence[tuple[bytes, bytes]]) -> _Original:
-        if self.settings.proxy == "envoy":
+        if self._envoy:
             method = scope["method"]
             raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
             raw = raw.partition(b"?")[0]  # some ASGI servers leave the query on raw_path
@@ -261,7 +266,7 @@ class ForwardAuth:
             raw_path, query_text = _split_or_refuse(_ascii(target_value, "URI"))
             text = raw_path
             query = query_text.encode("ascii")
-        if not _METHOD.fullmatch(method.encode("ascii")):
+        if method not in _COMMON_METHODS and not _METHOD.fullmatch(method.encode("ascii")):
             raise _BadRequest(
                 "bad_method", "The original request method is not an upper-case token", profile=True
             )
@@ -283,9 +288,11 @@ class ForwardAuth:
         target: bytes | None = None
         method: bytes | None = None
         target_repeated = method_repeated = False
+        target_length, method_length = len(target_name), len(method_name)
         for key, value in headers:
             if key != target_name and key != method_name:
-                if len(key) != len(target_name) and len(key) != len(method_name):
+                length = len(key)
+                if length != target_length and length != method_length:
                     continue
                 key = key.lower()  # ASGI servers send lower case; anything else is compared so
             if key == target_name:
@@ -465,14 +472,24 @@ def _kept_query(query: bytes, names: frozenset[str]) -> bytes:
     """Exactly :func:`_without_params`, without splitting a query that has no escape and in
     which no token parameter name occurs (its keys are literal, so none is a token parameter
     and every pair is kept)."""
-    if (
-        query
-        and b"%" not in query
-        and b"+" not in query
-        and all(name and name.isascii() and name.encode("ascii") not in query for name in names)
-    ):
-        return _safe_bytes(query)
+    if query and b"%" not in query and b"+" not in query:
+        literal = _literal_names(names)
+        if literal is not None:
+            for name in literal:
+                if name in query:
+                    break
+            else:
+                return _safe_bytes(query)
     return _without_params(query, names)
+
+
+@functools.lru_cache(maxsize=64)
+def _literal_names(names: frozenset[str]) -> tuple[bytes, ...] | None:
+    """The names as the bytes a literal key would be; None when one cannot be found that way
+    (empty: an empty key matches it; non-ASCII: compared after latin-1 decoding)."""
+    if not all(name and name.isascii() for name in names):
+        return None
+    return tuple(name.encode("ascii") for name in names)
 
 
 def _without_params(query: bytes, names: frozenset[str]) -> bytes:

@@ -9,6 +9,7 @@ configured pattern, ``issuer`` a configured issuer, ``error_kind`` one of the er
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -86,11 +87,16 @@ def logged_query(query_string: bytes, names: Collection[str]) -> str:
     if not query_string:
         return ""
     text = query_string.decode("latin-1")
-    # Keys in a plain query are literal, so a token parameter's name would be a substring.
-    if (
-        _PLAIN_QUERY.fullmatch(text) is not None
-        and not any(name in text for name in _ALWAYS_SECRET)
-        and not any(name in text for name in names)
-    ):
-        return text
+    if _PLAIN_QUERY.fullmatch(text) is not None:
+        # Keys in a plain query are literal, so a token parameter's name would be a substring.
+        for name in _secret_names(names if isinstance(names, frozenset) else frozenset(names)):
+            if name in text:
+                break
+        else:
+            return text
     return redact_query(query_string, names)
+
+
+@functools.lru_cache(maxsize=64)
+def _secret_names(names: frozenset[str]) -> tuple[str, ...]:
+    return (*_ALWAYS_SECRET, *(name for name in names if name not in _ALWAYS_SECRET))
