@@ -35,15 +35,18 @@ class Claims(Mapping[str, Any]):
     """The claims of a verified token. Read-only; ``scopes`` is a frozenset.
 
     ``issuer`` is the configured issuer that verified the token and ``kid`` the key that did.
+    ``checked_at`` is the revocation list's generation at which these claims were last found
+    not revoked (-1: never), so a cache hit re-checks the list only when it has changed.
     """
 
-    __slots__ = ("_data", "issuer", "kid", "scopes")
+    __slots__ = ("_data", "checked_at", "issuer", "kid", "scopes")
 
     def __init__(self, data: dict[str, Any], scopes: frozenset[str], *, issuer: str, kid: str | None) -> None:
         self._data = data
         self.scopes = scopes
         self.issuer = issuer
         self.kid = kid
+        self.checked_at = -1
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]

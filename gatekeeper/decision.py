@@ -252,8 +252,8 @@ class Gate:
             if not (clock() < entry[UNTIL] and entry[KEY].alive):
                 return None
             claims = hit[3]
-            # The verifier caches CheckedClaims: the list generation they were last checked at.
-            if revocations.active and claims.checked_at != revocations.generation:  # type: ignore[attr-defined]
+            # Cached claims carry the list generation they were last checked at.
+            if revocations.active and claims.checked_at != revocations.generation:
                 return None  # the list changed since then: the slow path re-checks
             if rule.wanted and not rule.satisfied_by(claims.scopes):
                 return None

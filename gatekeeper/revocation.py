@@ -383,20 +383,6 @@ class RevocationsUnavailable(Exception):
     """The revocation list is too stale to trust and the policy is fail-closed."""
 
 
-class CheckedClaims(Claims):
-    """Claims that remember the list generation at which they were last found not revoked.
-
-    The verifier builds these, so a cache hit re-checks the list only when it has changed
-    since: the hot-path cost with an unchanged list of any size is one comparison.
-    """
-
-    __slots__ = ("checked_at",)
-
-    def __init__(self, data: dict[str, Any], scopes: frozenset[str], *, issuer: str, kid: str | None) -> None:
-        super().__init__(data, scopes, issuer=issuer, kid=kid)
-        self.checked_at = -1
-
-
 def enforce(revocations: Revocations, claims: Claims) -> None:
     """Raise ``revoked_token`` if the claims are revoked (``keys_unavailable`` when the list is
     blocked); otherwise mark them checked at the current generation.
@@ -417,8 +403,7 @@ def enforce(revocations: Revocations, claims: Claims) -> None:
         ) from None
     if revoked:
         raise AuthError("revoked_token", issuer=claims.issuer, kid=claims.kid)
-    if isinstance(claims, CheckedClaims):
-        claims.checked_at = generation
+    claims.checked_at = generation
 
 
 def _issued_before(by_issuer: dict[str | None, Revocation], issuer: str, iat: object) -> bool:

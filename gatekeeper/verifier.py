@@ -26,7 +26,7 @@ from .jws import check_signature, loads_object, parse_compact
 from .keys import VerificationKey
 from .keystore import FetchPolicy, KeyStore
 from .policy import MAX_NUMERIC_DATE, Issuer, check_claims, check_header_type
-from .revocation import CheckedClaims, Revocation, Revocations, enforce, revocation_request
+from .revocation import Revocation, Revocations, enforce, revocation_request
 
 Clock = Callable[[], float]
 
@@ -148,7 +148,7 @@ class Verifier:
                 revocations = self._revocations
                 # The claims remember the list generation they were last checked at: with an
                 # unchanged list (of any size) a hit costs this one comparison.
-                if revocations.active and claims.checked_at != revocations.generation:  # type: ignore[attr-defined]
+                if revocations.active and claims.checked_at != revocations.generation:
                     enforce(revocations, claims)
                 return claims
             self._check_rejected(token)
@@ -180,7 +180,7 @@ class Verifier:
                 revocations = self._revocations
                 # The claims remember the list generation they were last checked at: with an
                 # unchanged list (of any size) a hit costs this one comparison.
-                if revocations.active and claims.checked_at != revocations.generation:  # type: ignore[attr-defined]
+                if revocations.active and claims.checked_at != revocations.generation:
                     enforce(revocations, claims)
                 return claims
             self._check_rejected(token)
@@ -205,7 +205,7 @@ class Verifier:
         path of :meth:`verify_async` as a plain call, with no coroutine to create and run."""
         claims = self._cache.get(token, self._clock())
         revocations = self._revocations
-        if claims is not None and revocations.active and claims.checked_at != revocations.generation:  # type: ignore[attr-defined]
+        if claims is not None and revocations.active and claims.checked_at != revocations.generation:
             try:
                 enforce(revocations, claims)
             except AuthError:
@@ -386,7 +386,7 @@ class Verifier:
         if key is None:
             raise AuthError("invalid_token", "The token signature is invalid", issuer=config.issuer, kid=kid)
 
-        claims = CheckedClaims(
+        claims = Claims(
             payload, normalise_scopes(payload, config.scope_claims), issuer=config.issuer, kid=key.kid
         )
         now = self._clock()
