@@ -7,6 +7,7 @@ puts ``benchmarks/`` on ``sys.path``).
 from __future__ import annotations
 
 import gc
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -98,3 +99,34 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+
+
+class BenchError(Exception):
+    """The benchmark cannot produce meaningful numbers (exit status 1)."""
+
+
+# -- wrk's output (``wrk --latency``) ----------------------------------------------------------
+
+_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def wrk_latency_ms(output: str, percentile: str) -> float:
+    """A latency percentile ("50", "99") from wrk's latency distribution, in ms."""
+    match = re.search(rf"^\s*{percentile}%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.MULTILINE)
+    if match is None:
+        raise BenchError(f"no {percentile}% latency in wrk's output:\n{output}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def wrk_counts(output: str) -> tuple[int, float, int]:
+    """Requests completed, requests per second and non-2xx/3xx responses."""
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    if rate is None:
+        raise BenchError(f"no Requests/sec in wrk's output:\n{output}")
+    count = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    return (
+        int(count.group(1)) if count else 0,
+        float(rate.group(1)),
+        int(non_2xx.group(1)) if non_2xx else 0,
+    )

@@ -51,7 +51,6 @@ import contextlib
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -66,7 +65,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from _common import fmt_bytes, realistic_token, table
+from _common import BenchError, fmt_bytes, realistic_token, table, wrk_counts, wrk_latency_ms
 
 from gatekeeper.devserver import IssuerServer
 from gatekeeper.issuer import DevIssuer
@@ -75,10 +74,6 @@ MiB = 1024 * 1024
 STACKS = {"h11": ("asyncio", "h11"), "httptools": ("uvloop", "httptools")}
 STACK_NAMES = {"h11": "asyncio + h11", "httptools": "uvloop + httptools"}
 ORIGINAL_URI = "/api/items/42"
-
-
-class BenchError(Exception):
-    """The benchmark cannot produce meaningful numbers (exit status 1)."""
 
 
 # -- the apps served by subprocesses (``gateway.py --serve ROLE``) -------------------------------
@@ -409,26 +404,9 @@ class WrkResult:
     busy: float = 0.0  # server CPU seconds per wall second over the run (all listed servers)
 
 
-_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
-
-
-def _latency_ms(output: str, percentile: str) -> float:
-    match = re.search(rf"^\s*{percentile}%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.MULTILINE)
-    if match is None:
-        raise BenchError(f"no {percentile}% latency in wrk's output:\n{output}")
-    return float(match.group(1)) * _UNITS_MS[match.group(2)]
-
-
 def parse_wrk(output: str) -> WrkResult:
-    rate = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
-    count = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
-    if rate is None or count is None:
-        raise BenchError(f"no Requests/sec in wrk's output:\n{output}")
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    return WrkResult(
-        int(count.group(1)), float(rate.group(1)), _latency_ms(output, "50"), _latency_ms(output, "99"),
-        int(non_2xx.group(1)) if non_2xx else 0,
-    )  # fmt: skip
+    requests, rate, non_2xx = wrk_counts(output)
+    return WrkResult(requests, rate, wrk_latency_ms(output, "50"), wrk_latency_ms(output, "99"), non_2xx)
 
 
 def run_wrk(url: str, script: Path, duration: float, args: argparse.Namespace) -> WrkResult:

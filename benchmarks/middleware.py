@@ -78,7 +78,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from _common import median, realistic_token, table
+from _common import BenchError, median, realistic_token, table, wrk_counts, wrk_latency_ms
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials, SimpleUser
 from starlette.datastructures import Headers
@@ -356,10 +356,6 @@ class WrkResult:
     server_busy: float | None = None
 
 
-class BenchError(Exception):
-    """The benchmark cannot produce meaningful numbers (exit status 1)."""
-
-
 @dataclass(frozen=True)
 class Placement:
     """Where a process runs: on one CPU (None: wherever the scheduler likes) and at which niceness."""
@@ -497,30 +493,16 @@ def forge(token: str) -> str:
     return f"{head}.{'A' if signature[0] != 'A' else 'B'}{signature[1:]}"
 
 
-_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
-
-
-def _latency_ms(output: str, percentile: str) -> float:
-    match = re.search(rf"^\s*{percentile}%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.MULTILINE)
-    if match is None:
-        raise BenchError(f"no {percentile}% latency in wrk's output:\n{output}")
-    return float(match.group(1)) * _UNITS_MS[match.group(2)]
-
-
 def parse_wrk(output: str) -> WrkResult:
     """requests/s, p50/p99 (ms), non-2xx responses and socket errors from ``wrk --latency``."""
-    rate = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
-    if rate is None:
-        raise BenchError(f"no Requests/sec in wrk's output:\n{output}")
-    count = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    requests, rate, non_2xx = wrk_counts(output)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     return WrkResult(
-        requests=int(count.group(1)) if count else 0,
-        requests_per_s=float(rate.group(1)),
-        p50_ms=_latency_ms(output, "50"),
-        p99_ms=_latency_ms(output, "99"),
-        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        requests=requests,
+        requests_per_s=rate,
+        p50_ms=wrk_latency_ms(output, "50"),
+        p99_ms=wrk_latency_ms(output, "99"),
+        non_2xx=non_2xx,
         socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
     )
 
