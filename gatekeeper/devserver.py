@@ -3,8 +3,8 @@
 It listens on a loopback port in a background thread and serves the JWKS, discovery documents, an
 OAuth2 token endpoint (client credentials, password and refresh-token grants, see
 :mod:`gatekeeper.devtokens`) and an RFC 7009 revocation endpoint. The JWKS endpoint has knobs
-(status, delay, body, headers, drop) that tests flip at any time to simulate a misbehaving identity
-provider; the token endpoint has a queue of one-shot faults (:class:`TokenFault`).
+(status, delay, body, headers, drop, hang) that tests and benchmarks flip at any time to simulate a
+misbehaving identity provider; the token endpoint has a queue of one-shot faults (:class:`TokenFault`).
 """
 
 from __future__ import annotations
@@ -87,6 +87,9 @@ class IssuerServer:
         self.headers: dict[str, str] = {}
         #: One-shot: the next JWKS request gets its connection closed without any response.
         self.drop: bool = False
+        self._hang = False
+        self._releases = 0  # bumped whenever hang is cleared: the held requests' wake-up call
+        self._held = 0
 
         #: Seconds every token request waits before it is answered (to make concurrency visible).
         self.token_delay: float = 0.0
@@ -94,6 +97,7 @@ class IssuerServer:
         self.token_faults: deque[TokenFault] = deque()
 
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # held requests wait on it (see _hold)
         self._counts: Counter[str] = Counter()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,8 +114,11 @@ class IssuerServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket; wakes up delayed requests (idempotent)."""
+        """Stop serving and close the socket; wakes up delayed and held requests, which go away
+        unanswered (idempotent)."""
         self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
         if self._thread is not None:
             # shutdown() waits for serve_forever() to exit, so it must only be called once it runs.
             self._httpd.shutdown()
@@ -162,6 +169,28 @@ class IssuerServer:
         """Revoke a refresh token (and its family) or an access token, as an administrator would."""
         self.tokens.revoke_token(token)
 
+    @property
+    def hang(self) -> bool:
+        """While true, the JWKS endpoint reads each request and holds its connection without a byte
+        of answer (a stuck identity provider, a firewall swallowing packets). Clearing it answers
+        the requests held so far; ``stop()`` abandons them (closes their connections)."""
+        return self._hang
+
+    @hang.setter
+    def hang(self, value: bool) -> None:
+        with self._wake:
+            if self._hang and not value:
+                # A generation, not the flag, wakes them: hang cleared and set again at once still
+                # releases every request held before.
+                self._releases += 1
+                self._wake.notify_all()
+            self._hang = value
+
+    def held(self) -> int:
+        """Return how many JWKS requests :attr:`hang` has held so far (released or not)."""
+        with self._lock:
+            return self._held
+
     def fail_token_requests(self, *faults: TokenFault) -> None:
         """Queue faults: the next ``len(faults)`` token requests get them, in order."""
         self.token_faults.extend(faults)
@@ -172,9 +201,10 @@ class IssuerServer:
             return self._counts[path]
 
     def reset_counts(self) -> None:
-        """Forget all request counts."""
+        """Forget all request counts (and the count of held requests)."""
         with self._lock:
             self._counts.clear()
+            self._held = 0
 
     # -- called from handler threads -------------------------------------------------------------
 
@@ -187,6 +217,16 @@ class IssuerServer:
         with self._lock:
             drop, self.drop = self.drop, False
             return drop
+
+    def _hold(self) -> bool:
+        """Hold a JWKS request while :attr:`hang` is set; True when ``stop()`` ended the wait."""
+        with self._wake:
+            if not self._hang:
+                return False
+            self._held += 1
+            release = self._releases
+            self._wake.wait_for(lambda: self._releases != release or self._stopping.is_set())
+            return self._stopping.is_set()
 
     def _take_token_fault(self) -> TokenFault | None:
         with self._lock:
@@ -280,6 +320,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _jwks(self) -> None:
         owner = self.owner
+        if owner._hold():
+            return  # stop() was called while the request was held: go away without answering
         if owner.delay > 0 and owner._stopping.wait(owner.delay):
             return  # stop() was called while we slept: go away without answering
         if owner._take_drop():

@@ -279,6 +279,73 @@ def test_delay_knob_and_stop_is_not_held_up() -> None:
     assert caught  # the delayed request was abandoned, not answered
 
 
+def _get_in_thread(url: str, into: list[httpx.Response | httpx.HTTPError]) -> threading.Thread:
+    def get() -> None:
+        try:
+            into.append(httpx.get(url, timeout=10))
+        except httpx.HTTPError as e:
+            into.append(e)
+
+    worker = threading.Thread(target=get, daemon=True)
+    worker.start()
+    return worker
+
+
+def _wait_held(srv: IssuerServer, count: int) -> None:
+    """Poll until ``count`` requests are held (a request arriving, not a clock running out)."""
+    deadline = time.monotonic() + 5
+    while srv.held() < count:
+        assert time.monotonic() < deadline, f"{srv.held()} requests held, expected {count}"
+        time.sleep(0.01)
+
+
+def test_hang_holds_jwks_requests_until_it_is_cleared(server: IssuerServer) -> None:
+    assert server.hang is False
+    server.hang = True
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(server.jwks_url, timeout=0.2)
+    assert server.held() == 1
+    # Only the JWKS endpoint hangs.
+    assert httpx.get(server.url + "/.well-known/openid-configuration", timeout=2).status_code == 200
+    answers: list[httpx.Response | httpx.HTTPError] = []
+    worker = _get_in_thread(server.jwks_url, answers)
+    _wait_held(server, 2)
+    # Cleared and set again at once: the request held before is released all the same...
+    server.hang = False
+    server.hang = True
+    worker.join(5)
+    assert not worker.is_alive()
+    assert isinstance(answers[0], httpx.Response), answers
+    assert answers[0].status_code == 200
+    assert answers[0].json() == server.issuer.jwks()
+    # ...and a new one is held again.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(server.jwks_url, timeout=0.2)
+    assert server.held() == 3
+    server.hang = False
+    assert httpx.get(server.jwks_url, timeout=2).json() == server.issuer.jwks()
+    assert server.held() == 3  # a request after clearing is not held
+    assert server.requests() == 4
+    server.reset_counts()
+    assert server.held() == 0
+
+
+def test_stop_is_not_held_up_by_a_hanging_request() -> None:
+    srv = IssuerServer().start()
+    srv.hang = True
+    answers: list[httpx.Response | httpx.HTTPError] = []
+    worker = _get_in_thread(srv.jwks_url, answers)
+    _wait_held(srv, 1)
+    started = time.monotonic()
+    srv.stop()
+    worker.join(5)
+    assert time.monotonic() - started < 2
+    assert not worker.is_alive()
+    # The held request was abandoned (its connection closed), not answered.
+    assert len(answers) == 1
+    assert isinstance(answers[0], httpx.RemoteProtocolError), answers
+
+
 def test_drop_is_one_shot(server: IssuerServer) -> None:
     server.drop = True
     with pytest.raises(httpx.RemoteProtocolError):
