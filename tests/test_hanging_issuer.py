@@ -1,8 +1,8 @@
 """A hanging issuer never becomes API latency (stale-while-revalidate), over a real loopback server.
 
-The JWKS endpoint here is a raw socket server: it answers with the key set until told to hang,
-then accepts every connection and holds it, never answering (a stuck identity provider, or a
-firewall that swallows packets). After warm-up and once the keys' freshness runs out (moved
+The JWKS endpoint here is a :class:`~gatekeeper.devserver.IssuerServer`: it answers with the key
+set until its ``hang`` fault is set, then holds every request, never answering (a stuck identity
+provider, or a firewall that swallows packets). After warm-up and once the keys' freshness runs out (moved
 with the injected clock), valid tokens, cached or not, sync or async, verify against the last
 good keys without waiting while one refresh hangs in the background. Only a call with no usable
 key (a cold start, an unknown kid) waits, and at most the fetch timeout.
@@ -14,9 +14,6 @@ is measured by benchmarks/hanging_issuer.py.
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,6 +24,7 @@ from conftest import Clock
 
 import gatekeeper.verifier as verifier_module
 from gatekeeper import AuthError, FetchPolicy, Verifier
+from gatekeeper.devserver import IssuerServer
 from gatekeeper.issuer import DevIssuer
 
 ISSUER = "https://hanging.example"
@@ -34,57 +32,6 @@ TIMEOUT = 5.0
 POLICY = FetchPolicy(default_ttl=60, min_ttl=30, retry_interval=5, stale_grace=3600, timeout=TIMEOUT)
 #: Far below the fetch timeout: a call that took this long waited for something.
 NO_WAIT = 1.0
-
-
-class HangingJWKS:
-    """Serves ``jwks`` over HTTP/1.1 on 127.0.0.1 until ``hang`` is set; then accepts each
-    connection and holds it open without a byte of answer until :meth:`close`."""
-
-    def __init__(self, jwks: dict[str, Any]) -> None:
-        self.jwks = jwks
-        self.hang = False
-        self.answered = 0
-        self.held: list[socket.socket] = []
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/jwks"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if self.hang:
-                self.held.append(conn)
-                continue
-            with conn:
-                conn.settimeout(2)
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    request += chunk
-                body = json.dumps(self.jwks).encode()
-                head = (
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: max-age=60\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                )
-                conn.sendall(head.encode() + body)
-                self.answered += 1
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sock.close()
-        for conn in self.held:  # wakes up refreshes still waiting on them
-            conn.close()
 
 
 @pytest.fixture
@@ -98,14 +45,14 @@ def dev(clock: Clock) -> DevIssuer:
 
 
 @pytest.fixture
-def endpoint(dev: DevIssuer) -> Iterator[HangingJWKS]:
-    server = HangingJWKS(dev.jwks())
-    yield server
-    server.close()
+def endpoint(dev: DevIssuer) -> Iterator[IssuerServer]:
+    with IssuerServer(dev) as server:
+        server.headers = {"Cache-Control": "max-age=60"}
+        yield server
 
 
-def make(endpoint: HangingJWKS, clock: Clock, policy: FetchPolicy = POLICY) -> Verifier:
-    return Verifier(ISSUER, jwks_url=endpoint.url, audience="api", clock=clock, fetch=policy)
+def make(endpoint: IssuerServer, clock: Clock, policy: FetchPolicy = POLICY) -> Verifier:
+    return Verifier(ISSUER, jwks_url=endpoint.jwks_url, audience="api", clock=clock, fetch=policy)
 
 
 def timed(call: Callable[[], Any]) -> tuple[float, Any]:
@@ -135,13 +82,13 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def test_sync_verifications_never_wait_for_a_hanging_issuer(
-    endpoint: HangingJWKS, dev: DevIssuer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    endpoint: IssuerServer, dev: DevIssuer, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     verifier = make(endpoint, clock)
     try:
         cached = dev.mint(expires_in=3600)
         claims = verifier.verify(cached)
-        assert endpoint.answered == 1
+        assert endpoint.requests() == 1
         endpoint.hang = True
         clock.advance(61)  # the keys' freshness has run out
         checks = count_signature_checks(monkeypatch)
@@ -155,19 +102,19 @@ def test_sync_verifications_never_wait_for_a_hanging_issuer(
             durations.append(elapsed)
         assert max(durations) < NO_WAIT
         assert checks[0] == 30  # one per uncached token, none for the cached one
-        wait_until(lambda: len(endpoint.held) == 1)  # one refresh, hanging in the background
+        wait_until(lambda: endpoint.held() == 1)  # one refresh, hanging in the background
         store = verifier.key_stores()[ISSUER]
         assert store.refreshing == 1
         assert store.stale_served == 31  # the cached token's revalidation, then 30 new ones
         assert verifier.cached(cached) is claims  # revalidated: the plain cache hit again
     finally:
-        endpoint.close()  # releases the held connection, so the background thread ends
+        endpoint.stop()  # releases the held connection, so the background thread ends
         verifier.close()
 
 
 @pytest.mark.anyio
 async def test_async_verifications_never_wait_and_never_stall_the_loop(
-    endpoint: HangingJWKS, dev: DevIssuer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    endpoint: IssuerServer, dev: DevIssuer, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     verifier = make(endpoint, clock)
     try:
@@ -205,7 +152,7 @@ async def test_async_verifications_never_wait_and_never_stall_the_loop(
         assert max(durations) < NO_WAIT
         assert max(gaps) < NO_WAIT  # the event loop never stalled
         assert checks[0] == 30
-        assert len(endpoint.held) == 1  # the refresh: one connection, held
+        assert endpoint.held() == 1  # the refresh: one connection, held
         assert verifier.key_stores()[ISSUER].refreshing == 1
         assert verifier.cached(cached) is claims
     finally:
@@ -214,7 +161,7 @@ async def test_async_verifications_never_wait_and_never_stall_the_loop(
 
 @pytest.mark.anyio
 async def test_the_cached_hot_path_is_revalidated_without_waiting(
-    endpoint: HangingJWKS, dev: DevIssuer, clock: Clock
+    endpoint: IssuerServer, dev: DevIssuer, clock: Clock
 ) -> None:
     # What the middleware does: cached() first, verify_async() when it says nothing.
     verifier = make(endpoint, clock)
@@ -237,7 +184,7 @@ async def test_the_cached_hot_path_is_revalidated_without_waiting(
 
 
 def test_an_unknown_kid_waits_at_most_the_fetch_timeout(
-    endpoint: HangingJWKS, dev: DevIssuer, clock: Clock
+    endpoint: IssuerServer, dev: DevIssuer, clock: Clock
 ) -> None:
     policy = FetchPolicy(default_ttl=60, min_ttl=30, retry_interval=5, timeout=0.5)
     verifier = make(endpoint, clock, policy)
@@ -258,13 +205,13 @@ def test_an_unknown_kid_waits_at_most_the_fetch_timeout(
         assert claims["iss"] == ISSUER
         assert elapsed < NO_WAIT
     finally:
-        endpoint.close()
+        endpoint.stop()
         verifier.close()
 
 
 @pytest.mark.anyio
 async def test_a_cold_start_waits_at_most_the_fetch_timeout(
-    endpoint: HangingJWKS, dev: DevIssuer, clock: Clock
+    endpoint: IssuerServer, dev: DevIssuer, clock: Clock
 ) -> None:
     endpoint.hang = True
     policy = FetchPolicy(timeout=0.5, retry_interval=5)
