@@ -1,8 +1,8 @@
 """Benchmark: what a hanging issuer adds to verification latency (stale-while-revalidate).
 
-The JWKS endpoint is a raw socket server on 127.0.0.1 that answers with the key set until it is
-told to hang; from then on it accepts every connection and holds it open without answering (a
-stuck identity provider). For each endpoint mode (healthy, hanging) and each colour (sync
+The JWKS endpoint is a :class:`~gatekeeper.devserver.IssuerServer` on 127.0.0.1 that answers with
+the key set until its ``hang`` fault is set; from then on it holds every request without answering
+(a stuck identity provider). For each endpoint mode (healthy, hanging) and each colour (sync
 ``verify``, async ``verify_async``) a fresh verifier is warmed up (keys fetched, 50 tokens
 verified and cached), then the keys' freshness runs out (the injected clock moves 61 s past a
 60 s ``max-age``) and requests come in, alternating a new token (signature check) and a cached
@@ -27,11 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import logging
-import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -40,6 +37,7 @@ from typing import Any
 from _common import AUDIENCE, ISSUER, fmt_ns, realistic_token, table
 
 from gatekeeper import FetchPolicy, Verifier
+from gatekeeper.devserver import IssuerServer
 from gatekeeper.issuer import DevIssuer
 
 TARGET_MS = 50.0
@@ -57,59 +55,13 @@ class Clock:
         return self.now
 
 
-class SwitchableJWKS:
-    """Serves a JWKS until ``hang`` is set, then accepts and holds every connection."""
-
-    def __init__(self, jwks: dict[str, Any]) -> None:
-        self.body = json.dumps(jwks).encode()
-        self.hang = False
-        self.held: list[socket.socket] = []
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/jwks"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if self.hang:
-                self.held.append(conn)
-                continue
-            with conn:
-                conn.settimeout(2)
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    request += chunk
-                head = (
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: max-age=60\r\n"
-                    f"Content-Length: {len(self.body)}\r\nConnection: close\r\n\r\n"
-                )
-                conn.sendall(head.encode() + self.body)
-
-    def held_after(self, timeout: float = 5.0) -> int:
-        """Connections held, once the background refresh (started during the timed run, and on a
-        busy machine perhaps not connected yet when it ends) has had time to arrive."""
-        deadline = time.monotonic() + timeout
-        while self.hang and not self.held and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return len(self.held)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sock.close()
-        for conn in self.held:
-            conn.close()
+def held_after(server: IssuerServer, timeout: float = 5.0) -> int:
+    """Requests the hanging endpoint holds, once the background refresh (started during the timed
+    run, and on a busy machine perhaps not connected yet when it ends) has had time to arrive."""
+    deadline = time.monotonic() + timeout
+    while server.hang and not server.held() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return server.held()
 
 
 @dataclass
@@ -132,9 +84,10 @@ class Setup:
         self.mode = mode
         self.clock = Clock()
         self.dev = DevIssuer(ISSUER, audience=AUDIENCE, algorithms=("ES256",), clock=self.clock)
-        self.server = SwitchableJWKS(self.dev.jwks())
+        self.server = IssuerServer(self.dev).start()
+        self.server.headers = {"Cache-Control": "max-age=60"}
         self.verifier = Verifier(
-            ISSUER, jwks_url=self.server.url, audience=AUDIENCE, clock=self.clock, fetch=POLICY
+            ISSUER, jwks_url=self.server.jwks_url, audience=AUDIENCE, clock=self.clock, fetch=POLICY
         )
         self.cached = [realistic_token(self.dev, "ES256", expires_in=86400) for _ in range(CACHED_POOL)]
         self.fresh = [realistic_token(self.dev, "ES256", expires_in=86400) for _ in range(requests)]
@@ -144,7 +97,7 @@ class Setup:
         self.clock.now += 61
 
     def close(self) -> None:
-        self.server.close()
+        self.server.stop()  # abandons the held refresh, so the verifier's thread ends
         self.verifier.close()
 
 
@@ -166,7 +119,7 @@ def run_sync(mode: str, requests: int) -> Run:
                 assert claims["iss"] == ISSUER
             if i % 100 == 99:
                 setup.clock.now += 1
-        run.held = setup.server.held_after()
+        run.held = held_after(setup.server)
     finally:
         gc.enable()
         setup.close()
@@ -206,7 +159,7 @@ async def _run_async(setup: Setup, run: Run) -> None:
         await asyncio.gather(ticker(), requests())
         run.max_gap_ns = max(gaps) if gaps else 0
         # Untimed; in a thread, so the loop can still run the background refresh task.
-        run.held = await asyncio.to_thread(setup.server.held_after)
+        run.held = await asyncio.to_thread(held_after, setup.server)
     finally:
         await verifier.aclose()
 
@@ -306,9 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print()
-    print(
-        "held fetches: connections the hanging endpoint accepted and never answered (background refreshes)."
-    )
+    print("held fetches: requests the hanging endpoint held and never answered (background refreshes).")
     return 0 if all(verdicts) or args.quick else 1
 
 
