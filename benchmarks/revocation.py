@@ -43,11 +43,11 @@ import httpx
 from _common import table
 
 ROOT = Path(__file__).resolve().parent.parent
-# The test suite's helpers start redis-server and gatekeeper serve on free loopback ports.
+# The test suite's helpers start redis-server and the gatekeeper serve replicas on free loopback ports.
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "gateway")]
 
-from gateway_process import GatewayProcess  # noqa: E402
 from redis_server import REDIS_BINARY, RedisServer  # noqa: E402
+from replicas import Replicas, wait_ready  # noqa: E402
 
 from gatekeeper.issuer import DevIssuer  # noqa: E402
 from gatekeeper.revocation import Revocation, Revocations, StoreUnavailable  # noqa: E402
@@ -58,34 +58,6 @@ PROPAGATION_HEADER = "## Revocation propagation across replicas"
 THROUGHPUT_HEADER = "## Replica throughput while revocations stream in"
 TARGET_P99_MS = 100.0
 TARGET_RATIO = 0.95
-CONFIG = """
-[server]
-listen = "{{listen}}"
-ops_listen = "{{ops}}"
-
-[[issuers]]
-issuer = "{iss}"
-audience = "api"
-jwks = "{jwks}"
-max_lifetime = 3600
-
-[forward_auth]
-proxy = "envoy"
-
-[default]
-access = "required"
-
-[logging]
-access_log = "off"
-level = "warning"
-
-[revocation]
-store = "redis"
-
-[revocation.redis]
-url = "{url}"
-prefix = "bench"
-"""
 
 
 def jti_of(token: str) -> str:
@@ -102,35 +74,21 @@ def fmt_ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
 
-class Cluster:
-    def __init__(self, directory: Path, redis_url: str, issuer: DevIssuer, replicas: int) -> None:
-        jwks = directory / "jwks.json"
-        jwks.write_text(json.dumps(issuer.jwks()))
-        config = CONFIG.format(iss=ISS, jwks=jwks, url=redis_url)
-        self.replicas: list[GatewayProcess] = []
-        for number in range(replicas):
-            where = directory / f"replica{number}"
-            where.mkdir()
-            self.replicas.append(GatewayProcess(config, where))
-        for replica in self.replicas:
-            self._wait_ready(replica)
-
-    @staticmethod
-    def _wait_ready(replica: GatewayProcess) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            body = httpx.get(replica.ops_url + "/readyz", timeout=5).json()
-            if body.get("revocation", {}).get("status") == "ok":
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"replica not ready: {replica.stderr()}")
-
-    def close(self) -> None:
-        for replica in self.replicas:
-            replica.kill()
+def start_replicas(directory: Path, redis_url: str, issuer: DevIssuer, count: int) -> Replicas:
+    """``count`` replicas (tests/gateway/replicas.py), each ready (Redis reached) on return."""
+    cluster = Replicas(directory, issuer, redis_url, prefix="bench", level="warning")
+    try:
+        for _ in range(count):
+            cluster.start()
+        for replica in cluster.replicas:
+            wait_ready(replica)
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
 
 
-def run_propagation(cluster: Cluster, issuer: DevIssuer, count: int) -> str:
+def run_propagation(cluster: Replicas, issuer: DevIssuer, count: int) -> str:
     writer, *others = cluster.replicas
     clients = [httpx.Client(base_url=replica.url, timeout=10) for replica in others]
     admin = httpx.Client(base_url=writer.ops_url, timeout=10)
@@ -258,7 +216,7 @@ def wrk(url: str, token: str, duration: float, connections: int, pid: int) -> tu
 
 
 def run_throughput(
-    cluster: Cluster,
+    cluster: Replicas,
     issuer: DevIssuer,
     redis_url: str,
     rounds: int,
@@ -364,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"Python {sys.version.split()[0]}, {replicas} replicas, one redis-server, loopback\n", flush=True
         )
-        cluster = Cluster(Path(tmp), redis.url, issuer, replicas)
+        cluster = start_replicas(Path(tmp), redis.url, issuer, replicas)
         try:
             print(run_propagation(cluster, issuer, count), end="\n\n", flush=True)
             print(

@@ -1,6 +1,7 @@
-"""Several ``gatekeeper serve`` processes sharing one real redis-server: a revocation made through
-one reaches all, and the faults (Redis down at start, killed mid-run, restarted empty) behave as
-the README says. Requests go through the forward-auth endpoint (Envoy style: ``/auth/<path>``).
+"""Several ``gatekeeper serve`` processes sharing one real redis-server (started by
+tests/gateway/replicas.py): a revocation made through one reaches all, and the faults (Redis down
+at start, killed mid-run, restarted empty) behave as the README says. Requests go through the
+forward-auth endpoint (Envoy style: ``/auth/<path>``).
 """
 
 from __future__ import annotations
@@ -9,46 +10,19 @@ import base64
 import json
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 from gateway_process import GatewayProcess, metric_samples
 from redis_server import REDIS_BINARY, SKIP_REASON, RedisServer, free_port
+from replicas import Replicas, wait_ready
 
 from gatekeeper.issuer import DevIssuer
 
 ISS = "https://issuer.example"
-CONFIG = """
-[server]
-listen = "{{listen}}"
-ops_listen = "{{ops}}"
-
-[[issuers]]
-issuer = "{iss}"
-audience = "api"
-jwks = "{jwks}"
-max_lifetime = 3600
-
-[forward_auth]
-proxy = "envoy"
-
-[default]
-access = "required"
-
-[logging]
-access_log = "off"
-
-[revocation]
-store = "redis"
-
-[revocation.redis]
-url = "{url}"
-prefix = "replicas"
-timeout = 0.5
-block = 0.5
-"""
+#: Short Redis timeouts: a dead store is noticed, and refused, quickly.
+REDIS_OPTIONS = {"timeout": 0.5, "block": 0.5}
 
 pytestmark = pytest.mark.skipif(REDIS_BINARY is None, reason=SKIP_REASON)
 
@@ -58,25 +32,6 @@ def issuer() -> DevIssuer:
     return DevIssuer(ISS, audience="api", algorithms=("ES256",))
 
 
-class Cluster:
-    def __init__(self, tmp_path: Path, issuer: DevIssuer, url: str) -> None:
-        self.tmp_path = tmp_path
-        jwks = tmp_path / "jwks.json"
-        jwks.write_text(json.dumps(issuer.jwks()))
-        self.config = CONFIG.format(iss=ISS, jwks=jwks, url=url)
-        self.stack = ExitStack()
-        self.count = 0
-
-    def start(self) -> GatewayProcess:
-        self.count += 1
-        directory = self.tmp_path / f"replica{self.count}"
-        directory.mkdir()
-        return self.stack.enter_context(GatewayProcess(self.config, directory))
-
-    def close(self) -> None:
-        self.stack.close()
-
-
 @pytest.fixture
 def redis() -> Iterator[RedisServer]:
     with RedisServer() as server:
@@ -84,10 +39,9 @@ def redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, issuer: DevIssuer, redis: RedisServer) -> Iterator[Cluster]:
-    group = Cluster(tmp_path, issuer, redis.url)
-    yield group
-    group.close()
+def cluster(tmp_path: Path, issuer: DevIssuer, redis: RedisServer) -> Iterator[Replicas]:
+    with Replicas(tmp_path, issuer, redis.url, redis_options=REDIS_OPTIONS) as group:
+        yield group
 
 
 def ask(replica: GatewayProcess, token: str, timeout: float = 5.0) -> httpx.Response:
@@ -114,18 +68,7 @@ def revoke(replica: GatewayProcess, body: dict[str, object]) -> httpx.Response:
     return httpx.post(replica.ops_url + "/revocations", json=body, timeout=10)
 
 
-def wait_ready(replica: GatewayProcess) -> dict[str, object]:
-    assert eventually(
-        lambda: (
-            httpx.get(replica.ops_url + "/readyz", timeout=5).json().get("revocation", {}).get("status")
-            == "ok"
-        )
-    ), replica.stderr()
-    body: dict[str, object] = httpx.get(replica.ops_url + "/readyz", timeout=5).json()
-    return body
-
-
-def test_three_replicas_refuse_a_token_revoked_through_one(cluster: Cluster, issuer: DevIssuer) -> None:
+def test_three_replicas_refuse_a_token_revoked_through_one(cluster: Replicas, issuer: DevIssuer) -> None:
     replicas = [cluster.start() for _ in range(3)]
     for replica in replicas:
         wait_ready(replica)
@@ -150,12 +93,14 @@ def test_three_replicas_refuse_a_token_revoked_through_one(cluster: Cluster, iss
 
 def test_redis_down_at_startup(tmp_path: Path, issuer: DevIssuer) -> None:
     port = free_port()
-    group = Cluster(tmp_path, issuer, f"redis://127.0.0.1:{port}/0")
-    try:
+    url = f"redis://127.0.0.1:{port}/0"
+    with Replicas(tmp_path, issuer, url, redis_options=REDIS_OPTIONS) as group:
         replica = group.start()  # starts although Redis is not there
         ready = httpx.get(replica.ops_url + "/readyz", timeout=5)
         assert ready.status_code == 200
         assert ready.json()["revocation"]["status"] == "degraded"
+        with pytest.raises(RuntimeError, match="not ready"):
+            wait_ready(replica, timeout=0.3)
         token = issuer.mint()
         assert ask(replica, token).status_code == 200
         started = time.monotonic()
@@ -164,11 +109,9 @@ def test_redis_down_at_startup(tmp_path: Path, issuer: DevIssuer) -> None:
         with RedisServer(port=port):
             wait_ready(replica)
             assert revoke(replica, {"sub": "alice"}).status_code == 201
-    finally:
-        group.close()
 
 
-def test_redis_killed_mid_run(cluster: Cluster, issuer: DevIssuer, redis: RedisServer) -> None:
+def test_redis_killed_mid_run(cluster: Replicas, issuer: DevIssuer, redis: RedisServer) -> None:
     one, two = cluster.start(), cluster.start()
     for replica in (one, two):
         wait_ready(replica)
@@ -198,7 +141,9 @@ def test_redis_killed_mid_run(cluster: Cluster, issuer: DevIssuer, redis: RedisS
     assert two.process.poll() is None
 
 
-def test_redis_restarted_empty_loses_nothing(cluster: Cluster, issuer: DevIssuer, redis: RedisServer) -> None:
+def test_redis_restarted_empty_loses_nothing(
+    cluster: Replicas, issuer: DevIssuer, redis: RedisServer
+) -> None:
     one, two = cluster.start(), cluster.start()
     for replica in (one, two):
         wait_ready(replica)
