@@ -4,6 +4,9 @@ port, from a temporary directory, and stopped after the test.
 
 A test that needs one calls :func:`require` first: without the binary it is skipped with a
 reason saying how to install it (``scripts/test.sh`` installs both when run as root).
+
+The scenarios both proxies must pass (``check_*`` at the end) live here once; test_nginx.py and
+test_caddy.py run each against their proxy and add what only that proxy does.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ from gatekeeper.gateway.identity import IdentityHeaders
 from gatekeeper.gateway.record import RequestRecord
 from gatekeeper.issuer import DevIssuer
 from gatekeeper.policy import Issuer
-from gatekeeper.responses import TableProfile, get_profile
+from gatekeeper.responses import ErrorProfile, ErrorResponse, get_profile
 from gatekeeper.rules import Rule, RuleSet
 from gatekeeper.verifier import Verifier
 
@@ -360,7 +363,7 @@ KINDS: list[ErrorKind] = [
 ]
 
 
-def expected(profile: TableProfile, kind: ErrorKind, response: RawResponse) -> Any:
+def expected(profile: ErrorProfile, kind: ErrorKind, response: RawResponse) -> ErrorResponse:
     """The profile's own rendering of this kind (with the description the response carries,
     which the rfc6750 body shows and the others do not)."""
     body = response.json()
@@ -499,3 +502,166 @@ def serve_request_for(kind: ErrorKind, stack: ServeStack) -> tuple[str, str | No
         "insufficient_scope": ("/admin/x", stack.issuer.mint(scope="read")),
         "keys_unavailable": ("/items", stack.down.mint()),
     }[kind]
+
+
+class ServeStacks:
+    """:class:`ServeStack` objects for one shipped config and proxy, each made on first use for its
+    config values (``stacks()``, ``stacks("placewise")``, ``stacks(query_params='["x"]')``) and
+    closed together by :meth:`close`: a module-scoped fixture shares them among its tests."""
+
+    def __init__(self, toml: str, proxy_cls: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.toml = toml
+        self.proxy_cls = proxy_cls
+        self._tmp_path_factory = tmp_path_factory
+        self._made: dict[tuple[tuple[str, str], ...], ServeStack] = {}
+
+    def __call__(self, profile: str = "rfc6750", **values: str) -> ServeStack:
+        """The stack whose config has ``error_profile = profile`` and the other ``values``."""
+        values = {"error_profile": f'"{profile}"', **values}
+        key = tuple(sorted(values.items()))
+        if key not in self._made:
+            directory = self._tmp_path_factory.mktemp(profile)
+            self._made[key] = ServeStack(self.toml, self.proxy_cls, directory, **values)
+        return self._made[key]
+
+    def close(self) -> None:
+        for stack in self._made.values():
+            stack.close()
+
+
+def proxy_fixtures(proxy: str, proxy_cls: Any, toml: str) -> tuple[Any, Any]:
+    """The fixtures of a real proxy's test module, which assigns them to their names:
+    ``stacks, make_stack = proxy_fixtures("nginx", Nginx, "nginx-forward-auth.toml")``.
+
+    ``stacks``: module-scoped :class:`ServeStacks` (``gatekeeper serve`` with the shipped
+    ``toml`` behind the proxy); ``make_stack(profile)``: a :class:`Stack` (ForwardAuth in process,
+    with a principal hook and a revocable verifier) behind the proxy, closed after the test. Both
+    skip when the proxy is not installed."""
+
+    @pytest.fixture(scope="module")
+    def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeStacks]:
+        require(proxy)
+        made = ServeStacks(toml, proxy_cls, tmp_path_factory)
+        yield made
+        made.close()
+
+    @pytest.fixture
+    def make_stack(dev_issuer: DevIssuer, clock: Clock) -> Iterator[MakeStack]:
+        require(proxy)
+        made: list[Stack] = []
+
+        def make(profile: str = "rfc6750") -> Stack:
+            stack = Stack(verifier_for(dev_issuer, clock), profile, proxy, proxy_cls)
+            made.append(stack)
+            return stack
+
+        yield make
+        for stack in made:
+            stack.close()
+
+    return stacks, make_stack
+
+
+# -- scenarios every real proxy must pass (each returns what a proxy's own test adds to) ----------
+
+
+def check_a_valid_token_reaches_the_upstream(stack: ServeStack) -> dict[str, list[str]]:
+    """The upstream gets the path the rules saw, the query, the identity headers and not the
+    token; returns the headers it saw."""
+    token = stack.issuer.mint(subject="alice", scope="read admin", claims={"client_id": "app-1"})
+    response = stack.get("/admin//items/./1?a=1&b=%20x", token)
+    assert response.status == 200, response
+    echo = response.json()
+    assert echo["path"] == "/admin/items/1"  # the path the rules saw
+    assert echo["query"] == "a=1&b=%20x"
+    headers = seen_headers(echo)
+    assert headers["x-auth-subject"] == ["alice"]
+    assert headers["x-auth-client-id"] == ["app-1"]
+    assert headers["x-auth-scopes"] == ["admin read"]
+    assert headers["x-auth-issuer"] == [stack.issuer.issuer]
+    assert "authorization" not in headers  # the token goes no further
+    assert "x-gatekeeper-path" not in headers
+    return headers
+
+
+def check_the_upstreams_own_401_passes(stack: ServeStack) -> RawResponse:
+    """An allowed request whose upstream answers 401 reaches the client as the upstream's."""
+    response = stack.get("/items/status?code=401", stack.issuer.mint())
+    assert response.status == 401
+    assert response.json() == {"upstream": 401}
+    return response
+
+
+def check_every_serve_kind_in_the_profiles_shape(stack: ServeStack, profile: str) -> None:
+    """Each kind ``gatekeeper serve`` can refuse with reaches the client exactly as ``profile``
+    renders it (status, body, WWW-Authenticate, Content-Type, no-store), and none the upstream."""
+    seen_before = len(stack.upstream.seen)
+    for kind in SERVE_KINDS:
+        target, token = serve_request_for(kind, stack)
+        response = stack.get(target, token)
+        want = expected(get_profile(profile), kind, response)
+        assert response.status == want.status, (kind, response)
+        assert response.json() == json.loads(want.body), kind
+        for name in ("www-authenticate", "content-type"):
+            assert response.header(name) == want.header(name), (kind, name, response)
+        if kind == "keys_unavailable":
+            assert response.header("retry-after") is not None
+        assert response.header("cache-control") == "no-store"
+        assert "x-gatekeeper-status" not in dict(response.headers)
+    assert len(stack.upstream.seen) == seen_before  # no refusal reached the upstream
+
+
+def check_principal_and_revocation_kinds(stack: Stack, dev_issuer: DevIssuer, clock: Clock) -> None:
+    """Every kind, those a config file cannot produce included (an unknown principal, a revoked
+    token), in the profile's shape, with the ForwardAuth app in process behind the proxy."""
+    stack.gatekeeper.app.gate.verifier.revoke(sub="revoked-user", before=clock.now + 1)
+    for kind in KINDS:
+        target, token = request_for(kind, dev_issuer, clock)
+        response = stack.get(target, token)
+        want = expected(stack.profile, kind, response)
+        assert response.status == want.status, (kind, response)
+        assert response.json() == json.loads(want.body), kind
+        assert response.header("www-authenticate") == want.header("www-authenticate"), kind
+    assert stack.upstream.seen == []
+    assert [r.error_kind for r in stack.records] == KINDS
+
+
+def check_an_ambiguous_path_is_refused(stack: ServeStack, target: str) -> None:
+    """400 (from the proxy or from gatekeeper), and nothing reaches the upstream."""
+    seen_before = len(stack.upstream.seen)
+    response = stack.get(target, stack.issuer.mint(scope="read admin"))
+    assert response.status == 400, response
+    assert len(stack.upstream.seen) == seen_before
+
+
+def check_a_normalisable_path_lands_on_its_rule(stack: ServeStack, target: str) -> str:
+    """``target`` is an /admin path in disguise: refused without the admin scope, allowed with
+    it; returns the path the upstream saw."""
+    refused = stack.get(target, stack.issuer.mint(scope="read"))
+    assert refused.status == 403, refused
+    assert refused.json()["scope"] == "admin"
+    allowed = stack.get(target, stack.issuer.mint(scope="admin"))
+    assert allowed.status == 200, allowed
+    path: str = allowed.json()["path"]
+    return path
+
+
+def check_the_client_cannot_choose_the_original_uri(stack: ServeStack, forged: list[tuple[str, str]]) -> None:
+    """The proxy's own original-method/URI headers replace the client's ``forged`` copies."""
+    response = stack.get("/admin/x", stack.issuer.mint(scope="read"), headers=forged)
+    assert response.status == 403, response
+    assert response.json()["scope"] == "admin"
+
+
+def check_a_body_is_forwarded_and_a_denial_rendered(stack: ServeStack, **denied_request: Any) -> None:
+    """A 100 kB POST body reaches the upstream when allowed (the auth call did not eat it), and
+    a denial still arrives in the profile's shape (``stack`` is a placewise one)."""
+    body = b"x" * 100_000
+    allowed = stack.get("/items", stack.issuer.mint(), method="POST", body=body)
+    assert allowed.status == 200, allowed
+    assert allowed.json()["body_bytes"] == len(body)
+    denied = stack.get(
+        "/items", stack.issuer.mint(expires_in=-3600), method="POST", body=body, **denied_request
+    )
+    assert denied.status == 460, denied
+    assert denied.json() == {"error": "Member not authorized"}
