@@ -6,23 +6,11 @@ against the current code or stopped printing what it is for.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from benchrun import run_benchmark
 
 
 def test_hanging_issuer_benchmark_runs_and_prints_its_tables() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "hanging_issuer.py"), "--quick", "--requests", "30"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    result = run_benchmark("hanging_issuer.py", "--quick", "--requests", "30")
     out = result.stdout
     assert "## Verification latency with the JWKS endpoint healthy vs hanging (30 requests per run)" in out
     for mode in ("healthy", "hanging"):

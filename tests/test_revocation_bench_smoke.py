@@ -7,27 +7,14 @@ runs against the current code, or that stopped printing what it is for.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from benchrun import run_benchmark
 from redis_server import REDIS_BINARY, SKIP_REASON
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def run(script: str, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=BENCHMARKS.parent,
-    )
-    assert result.returncode == 0, f"{script} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+    return run_benchmark(script, *args, timeout=300).stdout
 
 
 def test_hot_path_prints_the_revocation_table() -> None:

@@ -22,11 +22,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from conftest import Clock
-from upstream import ServerThread, Upstream
+from upstream import ServerThread, Upstream, free_port
 
 from gatekeeper.bearer import BearerSource
 from gatekeeper.decision import Gate
@@ -58,13 +58,6 @@ def require(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} is not installed: apt-get install {name} (scripts/test.sh does it as root)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for_port(port: int, process: subprocess.Popen[Any], what: str, timeout: float = 15.0) -> None:
@@ -225,6 +218,20 @@ def raw_request(
     return RawResponse(int(status_line.split(" ")[1]), parsed, body)
 
 
+def token_request(
+    port: int,
+    target: str | bytes,
+    token: str | None = None,
+    headers: list[tuple[str, str]] | None = None,
+    **kw: Any,
+) -> RawResponse:
+    """:func:`raw_request` with ``Authorization: Bearer <token>`` after ``headers`` (when given)."""
+    sent = list(headers or ())
+    if token is not None:
+        sent.append(("Authorization", f"Bearer {token}"))
+    return raw_request(port, target, sent, **kw)
+
+
 def _complete(data: bytes, method: str) -> bool:
     """Whether ``data`` holds a whole response (by Content-Length or the last chunk)."""
     head, sep, body = data.partition(b"\r\n\r\n")
@@ -301,10 +308,7 @@ class Stack:
             raise
 
     def get(self, target: str | bytes, token: str | None = None, **kw: Any) -> RawResponse:
-        headers = list(kw.pop("headers", []))
-        if token is not None:
-            headers.append(("Authorization", f"Bearer {token}"))
-        return raw_request(self.proxy.port, target, headers, **kw)
+        return token_request(self.proxy.port, target, token, **kw)
 
     def close_servers(self) -> None:
         self.gatekeeper.stop()
@@ -351,16 +355,8 @@ def request_for(kind: ErrorKind, dev_issuer: DevIssuer, clock: Clock) -> tuple[s
     }[kind]
 
 
-KINDS: list[ErrorKind] = [
-    "missing_token",
-    "invalid_request",
-    "invalid_token",
-    "expired_token",
-    "insufficient_scope",
-    "revoked_token",
-    "unknown_principal",
-    "keys_unavailable",
-]
+#: Every kind there is: request_for must know a request for each (a new kind fails until it does).
+KINDS: list[ErrorKind] = list(get_args(ErrorKind))
 
 
 def expected(profile: ErrorProfile, kind: ErrorKind, response: RawResponse) -> ErrorResponse:
@@ -466,11 +462,8 @@ class ServeStack:
             raise
 
     def get(self, target: str | bytes, token: str | None = None, **kw: Any) -> RawResponse:
-        headers = list(kw.pop("headers", []))
-        if token is not None:
-            headers.append(("Authorization", f"Bearer {token}"))
         port = self.proxy.port if self.proxy is not None else self.gatekeeper.port
-        return raw_request(port, target, headers, **kw)
+        return token_request(port, target, token, **kw)
 
     def close(self) -> None:
         if self.proxy is not None:

@@ -1,0 +1,29 @@
+"""Run a script of benchmarks/ the way its smoke test does: a subprocess of this interpreter, from
+the repository root, with its output captured; a non-zero exit fails the test with both streams.
+
+Smoke tests import it (``from benchrun import run_benchmark``); no timing is ever asserted on
+what it returns (the machine is shared and noisy), only that the script runs and prints its tables.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def run_benchmark(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/<script> <args>``; assert it exited 0 and return the finished process."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, f"{script} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result
