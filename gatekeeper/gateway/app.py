@@ -6,7 +6,9 @@ configured path, and the reverse proxy for everything else when an upstream is c
 ops app (health, readiness, metrics) shares the verifier but is served on its own listener.
 
 A background task started with the main app keeps keys fetched (so ``/readyz`` turns ready
-without waiting for a request) and mirrors the key stores' counters into the metrics.
+without waiting for a request) and mirrors the key stores' counters into the metrics. Under
+``--workers`` a second one hands this worker's batched request counts to the shared metric files
+every :data:`~gatekeeper.gateway.metrics.FLUSH_INTERVAL` seconds (and once more at shutdown).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ..verifier import Verifier
 from .access_log import AccessLog
 from .config import GatewayConfig
 from .forward_auth import ForwardAuth
-from .metrics import GatewayMetrics
+from .metrics import FLUSH_INTERVAL, GatewayMetrics
 from .ops import Check, ops_app
 from .proxy import ReverseProxy
 from .record import Reporter, RequestRecord
@@ -107,6 +109,7 @@ class Gateway:
     proxy: ASGIApp | None
     ops: ASGIApp
     _keeper: asyncio.Task[None] | None = field(default=None, repr=False)
+    _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def report(self, record: RequestRecord) -> None:
         """The reporter both doors get: metrics, then the access log. Never raises."""
@@ -124,6 +127,19 @@ class Gateway:
             self.metrics.mirror(key_stores(self.verifier), time.time())
             if self.config.revocation is not None:
                 self.config.revocation.mirror_metrics(self.metrics, self.verifier)
+
+    def flush_metrics(self) -> None:
+        """Hand the requests counted since the last flush to prometheus-client."""
+        if self.metrics is not None:
+            self.metrics.flush()
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                self.flush_metrics()
+            except Exception:  # a metrics bug must not end the flushing for good
+                logger.exception("flushing metrics failed")
 
     def ready(self) -> bool:
         """Every issuer has usable keys."""
@@ -143,16 +159,22 @@ class Gateway:
 
     async def startup(self) -> None:
         """Start fetching keys (in the background: ``/readyz`` says when they are there)."""
+        loop = asyncio.get_running_loop()
         if self._keeper is None:
-            self._keeper = asyncio.get_running_loop().create_task(self._keep())
+            self._keeper = loop.create_task(self._keep())
+        if self._flusher is None and self.metrics is not None and self.metrics.multiprocess:
+            # Another worker may answer the scrape: it reads this one's files, not its memory.
+            self._flusher = loop.create_task(self._flush_periodically())
 
     async def shutdown(self) -> None:
-        """Stop the keeper, close the doors' clients and the verifier's."""
-        if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
-            self._keeper = None
+        """Stop the keeper, close the doors' clients and the verifier's; flush the metrics."""
+        for task in (self._keeper, self._flusher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._keeper = self._flusher = None
+        self.flush_metrics()  # the last requests' counts reach the files before the worker ends
         for door in (self.proxy, self.forward_auth):
             close = getattr(door, "aclose", None)
             if close is not None:

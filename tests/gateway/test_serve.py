@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from upstream import ServerThread, Upstream
 
 from gatekeeper.devserver import IssuerServer
 from gatekeeper.errors import ERROR_KINDS
+from gatekeeper.gateway.metrics import FLUSH_INTERVAL
 from gatekeeper.issuer import DevIssuer
 from gatekeeper.redact import fingerprint
 
@@ -314,9 +316,11 @@ def test_two_workers_share_the_ports_and_the_metrics(
             samples = metric_samples(text, "gatekeeper_decisions_total")
             return sum(v for labels, v in samples.items() if dict(labels)["outcome"] == "allow")
 
-        for _ in range(100):  # a request is reported just after its response is sent
-            if allowed() == 30:
-                break
+        # A request is reported just after its response is sent, and each worker hands its
+        # counts to the shared files every FLUSH_INTERVAL (the scraped one at the scrape): poll.
+        deadline = time.monotonic() + 10 * FLUSH_INTERVAL
+        while allowed() != 30 and time.monotonic() < deadline:
+            threading.Event().wait(0.05)
         # Whichever worker answers the scrape, it counts every worker's requests.
         assert {allowed() for _ in range(5)} == {30}
         pids = set(re.findall(r"Started server process \[(\d+)\]", gateway.stderr()))
@@ -332,6 +336,69 @@ def test_two_workers_share_the_ports_and_the_metrics(
         assert httpx.get(f"{gateway.url}/api/after", headers=bearer(token)).status_code == 200
         assert gateway.stop() == 0, gateway.stderr()
         assert "Traceback" not in gateway.stderr()
+
+
+def _multiprocess_allowed(metrics_dir: Path) -> float:
+    """Allowed decisions in the workers' metric files, read as a scrape would (no worker asked)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+    samples = metric_samples(generate_latest(registry).decode(), "gatekeeper_decisions_total")
+    return sum(v for labels, v in samples.items() if dict(labels)["outcome"] == "allow")
+
+
+def test_workers_flush_their_counts_to_the_files_on_a_timer_and_at_shutdown(
+    issuer: IssuerServer, upstream: Upstream, tmp_path: Path
+) -> None:
+    # Workers count requests in plain ints and hand them to the shared files in batches. Nobody
+    # scrapes here (a scrape would flush the answering worker): the files must still fill up,
+    # within a few FLUSH_INTERVALs, and hold every request once the workers have exited.
+    from upstream import free_port
+
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    port, ops_port = free_port(), free_port()
+    config = tmp_path / "gatekeeper.toml"
+    config.write_text(
+        config_for(issuer, upstream.url).format(
+            listen=f"127.0.0.1:{port}", ops=f"127.0.0.1:{ops_port}", access_log=tmp_path / "access.log"
+        )
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    args = [sys.executable, "-m", "gatekeeper.cli", "serve", "--config", str(config), "--workers", "2"]
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as err:
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env)
+    token = issuer.issuer.mint(scope="read", audience="api")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{ops_port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            threading.Event().wait(0.05)
+        for i in range(30):
+            response = httpx.get(f"http://127.0.0.1:{port}/api/n{i}", headers=bearer(token))
+            assert response.status_code == 200
+        deadline = time.monotonic() + 10 * FLUSH_INTERVAL
+        while _multiprocess_allowed(metrics_dir) != 30 and time.monotonic() < deadline:
+            threading.Event().wait(0.05)
+        assert _multiprocess_allowed(metrics_dir) == 30
+        # Requests just before SIGTERM: flushed at shutdown if no tick came first.
+        for i in range(10):
+            response = httpx.get(f"http://127.0.0.1:{port}/api/m{i}", headers=bearer(token))
+            assert response.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, stderr.read_text()
+        assert _multiprocess_allowed(metrics_dir) == 40
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 
 def test_forward_auth_and_proxy_on_one_listener(
