@@ -14,6 +14,7 @@ import pytest
 from joserfc import jwt
 from joserfc.errors import BadSignatureError
 from joserfc.jwk import Key, KeySet, OctKey, import_key
+from polling import eventually
 
 from gatekeeper.devserver import IssuerServer
 from gatekeeper.issuer import DevIssuer
@@ -291,14 +292,6 @@ def _get_in_thread(url: str, into: list[httpx.Response | httpx.HTTPError]) -> th
     return worker
 
 
-def _wait_held(srv: IssuerServer, count: int) -> None:
-    """Poll until ``count`` requests are held (a request arriving, not a clock running out)."""
-    deadline = time.monotonic() + 5
-    while srv.held() < count:
-        assert time.monotonic() < deadline, f"{srv.held()} requests held, expected {count}"
-        time.sleep(0.01)
-
-
 def test_hang_holds_jwks_requests_until_it_is_cleared(server: IssuerServer) -> None:
     assert server.hang is False
     server.hang = True
@@ -309,7 +302,7 @@ def test_hang_holds_jwks_requests_until_it_is_cleared(server: IssuerServer) -> N
     assert httpx.get(server.url + "/.well-known/openid-configuration", timeout=2).status_code == 200
     answers: list[httpx.Response | httpx.HTTPError] = []
     worker = _get_in_thread(server.jwks_url, answers)
-    _wait_held(server, 2)
+    assert eventually(lambda: server.held() == 2, timeout=5)
     # Cleared and set again at once: the request held before is released all the same...
     server.hang = False
     server.hang = True
@@ -335,7 +328,7 @@ def test_stop_is_not_held_up_by_a_hanging_request() -> None:
     srv.hang = True
     answers: list[httpx.Response | httpx.HTTPError] = []
     worker = _get_in_thread(srv.jwks_url, answers)
-    _wait_held(srv, 1)
+    assert eventually(lambda: srv.held() == 1, timeout=5)
     started = time.monotonic()
     srv.stop()
     worker.join(5)

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import pytest
 from conftest import Clock
+from polling import eventually
 
 import gatekeeper.verifier as verifier_module
 from gatekeeper import AuthError, FetchPolicy, Verifier
@@ -73,14 +74,6 @@ def count_signature_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll for a background fetch to start (never to wait for a clock-driven expiry)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-
-
 def test_sync_verifications_never_wait_for_a_hanging_issuer(
     endpoint: IssuerServer, dev: DevIssuer, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,7 +95,7 @@ def test_sync_verifications_never_wait_for_a_hanging_issuer(
             durations.append(elapsed)
         assert max(durations) < NO_WAIT
         assert checks[0] == 30  # one per uncached token, none for the cached one
-        wait_until(lambda: endpoint.held() == 1)  # one refresh, hanging in the background
+        assert eventually(lambda: endpoint.held() == 1, timeout=5)  # one refresh, hanging in the background
         store = verifier.key_stores()[ISSUER]
         assert store.refreshing == 1
         assert store.stale_served == 31  # the cached token's revalidation, then 30 new ones

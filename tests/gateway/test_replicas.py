@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from gateway_process import GatewayProcess, metric_samples
+from polling import eventually
 from redis_server import REDIS_BINARY, SKIP_REASON, RedisServer, free_port
 from replicas import Replicas, wait_ready
 
@@ -48,15 +49,6 @@ def ask(replica: GatewayProcess, token: str, timeout: float = 5.0) -> httpx.Resp
     return httpx.get(
         f"{replica.url}/auth/orders", headers={"authorization": f"Bearer {token}"}, timeout=timeout
     )
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def cache_hits(replica: GatewayProcess) -> float:
