@@ -90,9 +90,14 @@ _ABSOLUTE_URL: Final = re.compile(rb"https?://[^/?#\s]+", re.IGNORECASE)
 # Methods _METHOD matches, tested first without encoding and matching.
 _COMMON_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
-#: How many verified claims objects' allow headers are kept (the memo is then emptied).
+#: How many verified claims objects' allow headers are kept (the memo is then emptied); the
+#: same for parsed original requests.
 _MEMO_SIZE: Final = 4096
+#: Original requests are remembered only when their method and target are this short in all
+#: (the memo's memory stays bounded: at most _MEMO_SIZE entries of this size).
+_MEMO_TARGET_MAX: Final = 1024
 _NO_STORE: Final = (b"cache-control", b"no-store")
+_NO_BODY: Final = (b"content-length", b"0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +149,18 @@ class _BadRequest(Exception):
 _Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Original:
+    """The original request, parsed and normalised, with what every answer about it repeats:
+    the allow's ``X-Gatekeeper-Uri``/``-Path`` headers and the path as the access log shows it
+    (query token parameters redacted). Remembered per exact (method, target) input."""
+
     method: str
     raw_path: str
     path: str  # normalised
     query: bytes
+    upstream_headers: tuple[tuple[bytes, bytes], tuple[bytes, bytes]]
+    logged_path: str
 
 
 class ForwardAuth:
@@ -188,6 +199,8 @@ class ForwardAuth:
         # Claims object (the cache hands back the same one); the entry holds the claims, so
         # their id cannot be reused meanwhile, and `is` checks it.
         self._memo: dict[int, tuple[Any, tuple[tuple[bytes, bytes], ...], str | None]] = {}
+        # (method, target) inputs -> the parsed original request (see _original).
+        self._seen: dict[tuple[Any, ...], _Original] = {}
 
     def handles(self, path: str) -> bool:
         """Whether a request for ``path`` (the listener's path) is for this endpoint."""
@@ -226,9 +239,11 @@ class ForwardAuth:
                 rendered = self.profile.render(AuthError("keys_unavailable", retry_after=1))
                 await _send(send, *self._deny(rendered, render))
                 return
-            answer = self._allow(result, original)
+            status, allow_headers, _ = self._allow(result, original)
             self._report(original, 200, "allow", started, decision_latency, result)
-            await _send(send, *answer)
+            # The allow's headers already end with its content-length (an empty body).
+            await send({"type": "http.response.start", "status": status, "headers": allow_headers})
+            await send({"type": "http.response.body", "body": b""})
             return
         rendered = self.profile.render(result.error)
         answer = self._deny(rendered, render)
@@ -240,21 +255,40 @@ class ForwardAuth:
     # -- the original request ---------------------------------------------------------------
 
     def _original(self, scope: dict[str, Any], headers: Sequence[tuple[bytes, bytes]]) -> _Original:
+        """The original request, from the memo when the same exact inputs were parsed before
+        (a proxy asks about the same URIs over and over); only a success is remembered."""
         if self._envoy:
-            method = scope["method"]
             raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+            key: tuple[Any, ...] = (scope["method"], raw, scope.get("query_string", b""))
+            size = len(raw) + len(key[2])
+        else:
+            target_value, method_value = self._originals(headers)
+            key = (method_value, target_value)
+            size = len(target_value) + len(method_value)
+        found = self._seen.get(key)
+        if found is not None:
+            return found
+        original = self._parse(key)
+        if size <= _MEMO_TARGET_MAX:
+            if len(self._seen) >= _MEMO_SIZE:
+                self._seen.clear()
+            self._seen[key] = original
+        return original
+
+    def _parse(self, key: tuple[Any, ...]) -> _Original:
+        """The original request from the memo key's inputs: (scope method, raw path, query
+        string) for Envoy, (method header, target header) for the others."""
+        if self._envoy:
+            method, raw, query = key
             raw = raw.partition(b"?")[0]  # some ASGI servers leave the query on raw_path
             prefix = self.settings.path.rstrip("/").encode("ascii")
             if raw != prefix and not raw.startswith(prefix + b"/"):
                 # The listener decoded its way to the prefix (``/%61uth/x``): not what Envoy sends.
                 raise _BadRequest("bad_path", "The request path does not start with the prefix", profile=True)
             target = raw[len(prefix) :] or b"/"
-            query: bytes = scope.get("query_string", b"")
             text = _ascii(target, "path")
         else:
-            assert self._method_header is not None
-            assert self._target_header is not None
-            target_value, method_value = self._originals(headers)
+            method_value, target_value = key
             method = _ascii(method_value, "method")
             if self.settings.proxy == "ingress-nginx":
                 prefix_match = _ABSOLUTE_URL.match(target_value)
@@ -276,7 +310,17 @@ class ForwardAuth:
             raise _BadRequest(
                 "bad_path", f"The request path is ambiguous: {rejected.reason}", profile=True
             ) from None
-        return _Original(method, text, path, query)
+        kept = _kept_query(query, self._token_params)
+        logged = logged_query(query, self._token_params)
+        encoded = path.encode("ascii")
+        return _Original(
+            method,
+            text,
+            path,
+            query,
+            ((_UPSTREAM_URI, encoded + (b"?" + kept if kept else b"")), (_UPSTREAM_PATH, encoded)),
+            path + ("?" + logged if logged else ""),
+        )
 
     def _originals(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
         """The target and method headers in one scan, refused as two :meth:`_required` calls
@@ -324,13 +368,7 @@ class ForwardAuth:
         # allowed_upstream_headers) then overwrite a client's copy instead of keeping it, and
         # Caddy 2.6 would otherwise send its unexpanded placeholder. nginx sends no empty header.
         identity = self._anonymous if allow.claims is None else self._facts(allow.claims)[1]
-        out = [
-            *identity,
-            (_UPSTREAM_URI, self._upstream_uri(original)),
-            (_UPSTREAM_PATH, original.path.encode("ascii")),
-            self._cache_control(allow),
-        ]
-        return 200, out, b""
+        return 200, [*identity, *original.upstream_headers, self._cache_control(allow), _NO_BODY], b""
 
     def _facts(self, claims: Any) -> tuple[Any, tuple[tuple[bytes, bytes], ...], str | None]:
         """(claims, every identity header in configured order, client id), once per verified
@@ -355,10 +393,6 @@ class ForwardAuth:
         if seconds <= 0:
             return _NO_STORE
         return (b"cache-control", f"private, max-age={seconds}".encode("ascii"))
-
-    def _upstream_uri(self, original: _Original) -> bytes:
-        query = _kept_query(original.query, self._token_params)
-        return original.path.encode("ascii") + (b"?" + query if query else b"")
 
     def _deny(self, rendered: ErrorResponse, render: bool) -> _Answer:
         if not self._nginx or render:
@@ -417,12 +451,11 @@ class ForwardAuth:
     ) -> None:
         claims = result.claims if isinstance(result, Allow) else None
         error = result.error if isinstance(result, Deny) else None
-        query = logged_query(original.query, self._token_params)
         self.reporter(
             RequestRecord(
                 door="forward_auth",
                 method=original.method,
-                path=original.path + ("?" + query if query else ""),
+                path=original.logged_path,
                 status=status,
                 decision=decision,
                 latency=time.perf_counter() - started,

@@ -406,3 +406,83 @@ def test_a_cached_token_is_refused_once_revoked_or_expired(dev_issuer: DevIssuer
         fa.client.close()
     finally:
         server.stop()
+
+
+def _answer(endpoint: Endpoint, response: httpx.Response) -> tuple[Any, ...]:
+    headers = sorted((k, v) for k, v in response.headers.items() if k not in ("date", "server"))
+    record = endpoint.records[-1] if endpoint.records else None
+    logged = (
+        None
+        if record is None
+        else (record.method, record.path, record.status, record.rule, record.error_kind)
+    )
+    return response.status_code, headers, response.content, logged
+
+
+def test_repeated_original_requests_get_the_answers_a_fresh_endpoint_gives(
+    serve: Serve, dev_issuer: DevIssuer
+) -> None:
+    # The parsed original request is remembered per exact (method, URI) input: asking again, in
+    # another order, must answer (and log) exactly what an endpoint that remembers nothing does.
+    token = dev_issuer.mint(subject="ann", scope="admin items:delete")
+    questions = [
+        ("GET", "/admin/x?a=1"),
+        ("GET", "/admin/x?a=1&bearer_token=zzz&b=%20"),
+        ("GET", "/admin/./x//"),
+        ("DELETE", "/items/1"),
+        ("GET", "/items/1"),
+        ("GET", "/admin/%2e%2e/x"),  # refused: never remembered
+        ("GET", "/public/%41b?b=+"),
+        ("get", "/admin/x"),  # refused method
+    ]
+    memo = serve()
+    first = [_answer(memo, memo.ask(uri, method, token)) for method, uri in questions]
+    again = [_answer(memo, memo.ask(uri, method, token)) for method, uri in reversed(questions)][::-1]
+    fresh = []
+    for method, uri in questions:
+        endpoint = serve()
+        fresh.append(_answer(endpoint, endpoint.ask(uri, method, token)))
+    assert first == again == fresh
+    statuses = [answer[0] for answer in first]
+    # nginx mode: refusals are 401; two tokens (header and query) are refused
+    assert statuses == [200, 401, 200, 200, 200, 401, 200, 401]
+
+
+def test_remembered_original_requests_are_bounded(
+    verifier: Verifier, dev_issuer: DevIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    monkeypatch.setattr(forward_auth, "_MEMO_SIZE", 8)
+    gate = Gate(verifier, rules=RULES, source=BearerSource.of("bearer_token"))
+    app = ForwardAuth(gate, get_profile("rfc6750"), ForwardAuthSettings(), IdentityHeaders(), lambda r: None)
+    token = dev_issuer.mint(subject="ann")
+
+    async def ask(uri: str) -> int:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        headers = [
+            (b"x-original-method", b"GET"),
+            (b"x-original-uri", uri.encode()),
+            (b"authorization", f"Bearer {token}".encode()),
+        ]
+        await app({"type": "http", "method": "GET", "path": "/auth", "headers": headers}, receive, send)
+        status: int = sent[0]["status"]
+        return status
+
+    async def scenario() -> None:
+        for i in range(20):
+            assert await ask(f"/items/{i}") == 200
+            assert len(app._seen) <= 8
+        app._seen.clear()
+        long_uri = "/items/" + "x" * forward_auth._MEMO_TARGET_MAX
+        assert await ask(long_uri) == 200
+        assert app._seen == {}  # too long to be remembered
+
+    asyncio.run(scenario())
