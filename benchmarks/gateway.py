@@ -37,6 +37,7 @@ Run (needs wrk; nginx for leg 2 and the ceiling, skipped with a note without it)
     .venv/bin/python benchmarks/gateway.py --requests 200000 --tokens 100000 --stream-mib 1024
     .venv/bin/python benchmarks/gateway.py --decision-only # leg 1 only (benchmarks/gateway_inprocess.py
                                                            # measures the same endpoint in process)
+    .venv/bin/python benchmarks/gateway.py --nice -10      # as root, on a busy shared machine
 
 The machine this was written on has 2 CPUs shared with other work: no process is pinned (three
 processes take part in a proxied request), and each table row says how busy the servers were.
@@ -805,6 +806,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--decision-only", action="store_true", help="only leg 1: the decision endpoint vs bare Starlette"
     )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run this script, the servers it starts and wrk at this niceness (negative: root only)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
     parser.add_argument("--serve", choices=("upstream", "bare"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -813,6 +820,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve:
         serve(args.serve, args.port, args.stack)
         return 0
+    if args.nice < 0 and os.geteuid() != 0:
+        parser.error("a negative --nice needs root")
+    if args.nice:
+        # Inherited by every server and wrk started from here: other work on the machine yields.
+        os.nice(args.nice)
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 1.0, 1.0
         args.requests, args.tokens, args.stream_mib = 3_000, 2_000, 16
@@ -849,8 +861,8 @@ def run(args: argparse.Namespace) -> int:
             f"{os.cpu_count()} CPUs (shared with other work; nothing pinned), wrk -t{args.threads} "
             f"-c{args.connections}, {args.rounds} round(s) x {args.duration:g} s per variant after "
             f"{args.warmup:g} s warm-up, rounds interleaved; RS256 token of {len(token)} chars; "
-            f"gatekeeper: metrics on, access log off; 'busy' = CPU seconds of the variant's servers "
-            "per second of the run."
+            f"gatekeeper: metrics on, access log off; servers and wrk at nice {os.nice(0)}; 'busy' = "
+            "CPU seconds of the variant's servers per second of the run."
         )
         print(flush=True)
         ok = True
