@@ -27,3 +27,25 @@ def test_quick_run_prints_the_table_and_the_ratios() -> None:
     for variant in ("bare", "decision (metrics off)", "decision (metrics on)"):
         assert re.search(rf"^\| {re.escape(variant)} +\| \d+\.\d +\|", out, re.MULTILINE), variant
     assert re.search(r"decision / bare \(metrics on\): \d+\.\d\dx; \(metrics off\): \d+\.\d\dx", out)
+
+
+def test_the_wrk_benchmarks_nice_option_reaches_its_processes() -> None:
+    # benchmarks/gateway.py --nice (its decision leg is measured next to this script's numbers):
+    # the niceness is applied before any server or wrk starts, and the header says which.
+    import shutil
+
+    import pytest
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gateway.py"), "--quick", "--decision-only", "--nice", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=BENCHMARKS.parent,
+    )
+    assert result.returncode == 0, f"exit {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    assert "servers and wrk at nice 3;" in result.stdout
+    assert "| gatekeeper /auth, cached token (asyncio + h11) " in result.stdout
