@@ -88,6 +88,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gatekeeper.decision import SPEEDUPS
 from gatekeeper.devserver import IssuerServer
 from gatekeeper.middleware import GatekeeperMiddleware
 from gatekeeper.verifier import Verifier
@@ -767,7 +768,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gatekeeper middleware benchmark: bare vs gatekeeper (warm cache) vs PyJWT per request")
         print(
             f"python {platform.python_version()}; GET {PATH} with an RS256 token ({len(token)} chars), "
-            f"{len(CLIENT_HEADERS) + 1} request headers in process"
+            f"{len(CLIENT_HEADERS) + 1} request headers in process; decision fast path in "
+            f"{'C (gatekeeper._speedups)' if SPEEDUPS else 'Python (gatekeeper._speedups not built)'}"
         )
         print()
         print(

@@ -253,6 +253,9 @@ class GatekeeperMiddleware:
         fast = self._fast
         fast_rule = self._fast_rule  # set when no rules: the default applies to every request
         query = self._query
+        # Gate.probe without its query check, called directly (see Gate.memo).
+        header_probe, memo = self.gate.fast_probe, self.gate.memo
+        clock, revocations = self.verifier.clock, self.verifier.revocations
 
         def call(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
             kind = scope["type"]
@@ -267,7 +270,10 @@ class GatekeeperMiddleware:
                     headers = scope["headers"]  # a subscript is cheaper than .get(); ASGI requires it
                 except KeyError:
                     return decide(rule, scope, receive, send)
-                hit = probe(rule, headers, scope.get("query_string", b"") if query else b"")
+                if query:
+                    hit = probe(rule, headers, scope.get("query_string", b""))
+                else:
+                    hit = header_probe(headers, memo, clock(), revocations, rule)
                 if hit is not None:
                     user = _new_user(user_class)  # no __init__ frame: claims is all it needs
                     user.claims = hit[3]

@@ -20,12 +20,20 @@ import pytest
 from joserfc.jwk import Key
 from joserfc.jws import JWSRegistry
 
+from gatekeeper import decision
+from gatekeeper.decision import probe_py
 from gatekeeper.devserver import IssuerServer
 from gatekeeper.issuer import DevIssuer
 
 #: The instant every test starts at (2023-11-14T22:13:20Z): far from any real "now", so a test
 #: that reads the wall clock by mistake fails.
 EPOCH = 1_700_000_000.0
+
+
+try:
+    from gatekeeper._speedups import probe as probe_c
+except ImportError:  # built without a C compiler
+    probe_c = None
 
 
 class Clock:
@@ -216,3 +224,20 @@ def assert_client_safe(error: Any, token: Any) -> None:
     assert len(error.description) <= 200
     assert error.__cause__ is None
     assert error.__suppress_context__ or error.__context__ is None
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(probe_py, id="python"),
+        pytest.param(
+            probe_c,
+            id="c",
+            marks=pytest.mark.skipif(probe_c is None, reason="gatekeeper._speedups not built"),
+        ),
+    ],
+)
+def fast_path_implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the test with the decision's fast path in C (gatekeeper._speedups, where built) and
+    with its Python twin: a Gate binds the function when it is built, so a module using this
+    (``pytestmark = pytest.mark.usefixtures("fast_path_implementation")``) gets both."""
+    monkeypatch.setattr(decision, "fast_probe", request.param)

@@ -1,6 +1,7 @@
 """The one decision (gatekeeper.decision.Gate) called with plain data: method, path, headers and
 query string in, Allow or Deny out, for every access mode, scope mode, token source and bad input;
-and its sync fast path, which answers only what the full decision would allow."""
+and its sync fast path, which answers only what the full decision would allow. Every test runs
+twice: with the fast path's C part (gatekeeper._speedups, where built) and with its Python twin."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ RULES = RuleSet.build(
     ],
     exempt=["/health"],
 )
+
+
+pytestmark = pytest.mark.usefixtures("fast_path_implementation")
 
 
 @pytest.fixture
@@ -350,10 +354,10 @@ def test_a_refused_value_is_forgotten(verifier: Verifier, dev_issuer: DevIssuer,
     g = gate(verifier)
     token = dev_issuer.mint(expires_in=60)
     allowed(decide(g, "GET", "/x", bearer(token)))
-    assert len(g._memo) == 1
+    assert len(g.memo) == 1
     clock.advance(100)
     denied(decide(g, "GET", "/x", bearer(token)), "expired_token")
-    assert len(g._memo) == 0
+    assert len(g.memo) == 0
 
 
 def test_a_scope_refusal_keeps_the_fast_path_for_other_routes(
@@ -365,7 +369,7 @@ def test_a_scope_refusal_keeps_the_fast_path_for_other_routes(
     denied(decide(g, "GET", "/orders/1", bearer(token)), "insufficient_scope")
     # The token is still good: only the route's scopes were missing.
     assert g.cached(RULES.default, bearer(token)) is not None
-    assert len(g._memo) == 1
+    assert len(g.memo) == 1
 
 
 # -- the fast path holds the verifier's cache entry ----------------------------------------------

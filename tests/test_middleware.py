@@ -41,6 +41,8 @@ NOW = 1_700_000_000.0
 PROFILES = ["rfc6750", "placepoint", "addressfinder", "placewise"]
 CLIENT = "127.0.0.1:123"  # what httpx.ASGITransport puts in scope["client"]
 
+pytestmark = pytest.mark.usefixtures("fast_path_implementation")
+
 
 def clock() -> float:
     return NOW  # tests never wait: expired tokens are minted expired
