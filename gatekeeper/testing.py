@@ -52,11 +52,17 @@ class KeyControl:
         """Close the next JWKS connection without answering."""
         self._server.drop = True
 
+    def hang(self) -> None:
+        """Take every JWKS request and never answer it (the connection stays open) until
+        :meth:`restore`: the outage a fetch timeout exists for."""
+        self._server.hang = True
+
     def restore(self) -> None:
-        """A healthy JWKS endpoint again (rotated keys stay rotated)."""
+        """A healthy JWKS endpoint again (rotated keys stay rotated); held requests are answered."""
         server = self._server
         server.status, server.body, server.delay, server.drop = 200, None, 0.0, False
         server.headers = {}
+        server.hang = False
 
     @property
     def jwks_requests(self) -> int:

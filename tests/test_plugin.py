@@ -3,6 +3,8 @@ it: pytester writes a user's app and tests to a temporary project and runs pytes
 
 from __future__ import annotations
 
+import time
+
 # Imported here, before any inline run: pytester removes the modules a run imported when it ends,
 # and importing Starlette/FastAPI afresh in the next run while the old classes live on (in
 # caches of modules that stay) breaks their routing.
@@ -12,6 +14,9 @@ import starlette.testclient  # noqa: F401
 
 import gatekeeper.fastapi
 import gatekeeper.testing  # noqa: F401
+from gatekeeper.errors import AuthError
+from gatekeeper.keystore import FetchPolicy
+from gatekeeper.testing import TestIssuer
 
 pytest_plugins = ["pytester"]
 
@@ -285,3 +290,17 @@ def test_readme_examples_pass_as_written(pytester: pytest.Pytester) -> None:
     }
     pytester.makepyfile(**renamed)
     pytester.runpytest("-q", "-p", "no:randomly").assert_outcomes(passed=5)
+
+
+def test_key_control_hang_holds_the_jwks_endpoint_until_restore() -> None:
+    with TestIssuer() as issuer:
+        token = issuer.mint()
+        issuer.keys.hang()
+        verifier = issuer.verifier(fetch=FetchPolicy(timeout=0.3))
+        started = time.monotonic()
+        with pytest.raises(AuthError) as caught:
+            verifier.verify(token)  # a cold start: it must wait for keys, at most the timeout
+        assert caught.value.kind == "keys_unavailable"
+        assert time.monotonic() - started < 3
+        issuer.keys.restore()  # (the first verifier waits its retry interval before asking again)
+        assert issuer.verifier(fetch=FetchPolicy(timeout=0.3)).verify(token)["sub"]
