@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis
+from polling import eventually
 from redis_server import RedisServer, free_port, redis_server  # noqa: F401 (the fixture)
 
 from gatekeeper import AuthError, StoreUnavailable, Verifier
@@ -42,15 +43,6 @@ class Monotonic:
     def advance(self, seconds: float) -> None:
         with self._lock:
             self.now += seconds
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 class Processes:
