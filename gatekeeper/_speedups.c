@@ -125,11 +125,19 @@ servable(PyObject *record, PyObject *now, PyObject *revocations, PyObject *rule)
     if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) <= ENTRY_USED) {
         return 0;
     }
-    int ok = PyObject_RichCompareBool(now, PyList_GET_ITEM(entry, ENTRY_UNTIL), Py_LT);
+    /* Items are held while used: a property or comparison in Python could change the list. */
+    PyObject *until = PyList_GET_ITEM(entry, ENTRY_UNTIL);
+    Py_INCREF(until);
+    int ok = PyObject_RichCompareBool(now, until, Py_LT);
+    Py_DECREF(until);
     if (ok <= 0) {
         return ok;
     }
-    if ((ok = attr_true(PyList_GET_ITEM(entry, ENTRY_KEY), str_alive)) <= 0) {
+    PyObject *key = PyList_GET_ITEM(entry, ENTRY_KEY);
+    Py_INCREF(key);
+    ok = attr_true(key, str_alive);
+    Py_DECREF(key);
+    if (ok <= 0) {
         return ok;
     }
     int active = attr_true(revocations, str_active);
@@ -161,8 +169,8 @@ servable(PyObject *record, PyObject *now, PyObject *revocations, PyObject *rule)
         }
     }
     Py_INCREF(Py_True);
-    PyList_SetItem(entry, ENTRY_USED, Py_True); /* steals the reference; the old value is a bool */
-    return 1;
+    /* Steals the reference; fails (IndexError) only if Python code above shrank the list. */
+    return PyList_SetItem(entry, ENTRY_USED, Py_True) < 0 ? -1 : 1;
 }
 
 static PyObject *

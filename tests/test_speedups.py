@@ -210,3 +210,31 @@ def test_c_and_python_agree(
         made[2][USED] = False
     assert c_answer is probe_py(container(headers), memo, now, revocations, rule)
     assert c_used == {key: made[2][USED] for key, made in memo.items()}
+
+
+class _MeddlingKey:
+    """A signing key whose ``alive`` runs code: it empties the entry holding it, or raises."""
+
+    def __init__(self, entry: list[Any], error: Exception | None = None) -> None:
+        self.entry, self.error = entry, error
+
+    @property
+    def alive(self) -> bool:
+        if self.error is not None:
+            raise self.error
+        del self.entry[:]
+        return True
+
+
+@pytest.mark.parametrize("probe", IMPLEMENTATIONS)
+def test_python_code_run_by_the_checks_cannot_crash_it(probe: Probe) -> None:
+    # Never the case with gatekeeper's own keys; the C twin must still hold its references
+    # and report errors rather than crash, and both twins must fail the same way.
+    made = record(TOKEN_VALUE)
+    made[2][KEY] = _MeddlingKey(made[2])
+    with pytest.raises(IndexError):
+        run(probe, [(b"authorization", TOKEN_VALUE)], memo_for(made))
+    made = record(TOKEN_VALUE)
+    made[2][KEY] = _MeddlingKey(made[2], RuntimeError("boom"))
+    with pytest.raises(RuntimeError, match="boom"):
+        run(probe, [(b"authorization", TOKEN_VALUE)], memo_for(made))
