@@ -38,6 +38,7 @@ Run (needs wrk; nginx for leg 2 and the ceiling, skipped with a note without it)
     .venv/bin/python benchmarks/gateway.py --decision-only # leg 1 only (benchmarks/gateway_inprocess.py
                                                            # measures the same endpoint in process)
     .venv/bin/python benchmarks/gateway.py --nice -10      # as root, on a busy shared machine
+    .venv/bin/python benchmarks/gateway.py --proxy-only    # leg 3 only: reverse proxy vs upstream
 
 The machine this was written on has 2 CPUs shared with other work: no process is pinned (three
 processes take part in a proxied request), and each table row says how busy the servers were.
@@ -725,6 +726,8 @@ def throughput_legs(
         ]
     if args.decision_only:
         variants = [v for v in variants if v.key.startswith(("bare-", "decision-"))]
+    if args.proxy_only:
+        variants = [v for v in variants if v.key.startswith(("upstream-", "proxy-", "nginx-direct"))]
     by_key = {v.key: v for v in variants}
 
     for _ in range(args.rounds):
@@ -734,11 +737,13 @@ def throughput_legs(
     headers = ["variant", "req/s (median)", "p50 ms", "p99 ms", "busy"]
     ok = True
     ratios: list[list[str]] = []
-    print("## Decision endpoint vs a bare Starlette endpoint")
-    print()
-    print(table(headers, [row(by_key[f"{k}-{s}"]) for s in STACKS for k in ("bare", "decision")]))
-    print()
-    for s in STACKS:
+    decision_stacks = () if args.proxy_only else tuple(STACKS)
+    if decision_stacks:
+        print("## Decision endpoint vs a bare Starlette endpoint")
+        print()
+        print(table(headers, [row(by_key[f"{k}-{s}"]) for s in STACKS for k in ("bare", "decision")]))
+        print()
+    for s in decision_stacks:
         cells, fine = ratio_row(
             f"decision / bare ({STACK_NAMES[s]})", by_key[f"decision-{s}"], by_key[f"bare-{s}"], 0.9
         )
@@ -748,7 +753,7 @@ def throughput_legs(
         print(table(["ratio (req/s medians of this run)", "ratio", "target", "verdict"], ratios))
         print(flush=True)
         return ok
-    if ngx is not None:
+    if ngx is not None and not args.proxy_only:
         print("## nginx + auth_request -> gatekeeper -> upstream vs nginx -> upstream")
         print()
         print(table(headers, [row(by_key["nginx-direct"]), row(by_key["nginx-auth"])]))
@@ -757,7 +762,7 @@ def throughput_legs(
             "nginx+auth_request / nginx direct", by_key["nginx-auth"], by_key["nginx-direct"], None
         )
         ratios.append(cells)
-    else:
+    elif ngx is None:
         print("nginx is not installed (apt-get install nginx): the nginx rows are skipped.\n")
     print("## Reverse proxy vs the upstream directly")
     print()
@@ -805,6 +810,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-throughput", action="store_true", help="only the memory legs")
     parser.add_argument(
         "--decision-only", action="store_true", help="only leg 1: the decision endpoint vs bare Starlette"
+    )
+    parser.add_argument(
+        "--proxy-only", action="store_true", help="only leg 3: the reverse proxy vs the upstream directly"
     )
     parser.add_argument(
         "--nice",
@@ -868,7 +876,7 @@ def run(args: argparse.Namespace) -> int:
         ok = True
         if not args.skip_throughput:
             ok = throughput_legs(args, token, upstreams, logs, start, issuer)
-        if not args.skip_memory and not args.decision_only:
+        if not args.skip_memory and not args.decision_only and not args.proxy_only:
             print()
             for line in memory_leg(args, issuer, upstreams["httptools"], logs):
                 print(line)

@@ -40,6 +40,17 @@ def is_hop_by_hop(name: bytes, named: frozenset[bytes] = frozenset()) -> bool:
 
 def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     """The headers without hop-by-hop ones; names come back lower case."""
-    pairs = [(name.lower(), value) for name, value in headers]
-    named = connection_tokens(pairs)
-    return [(name, value) for name, value in pairs if not is_hop_by_hop(name, named)]
+    # One pass (this runs twice per proxied request); the Connection-named headers, rare,
+    # are removed in a second pass only when a Connection header named any.
+    out: Headers = []
+    named: set[bytes] = set()
+    for name, value in headers:
+        name = name.lower()
+        if name in HOP_BY_HOP or name.startswith(b"proxy-"):
+            if name == b"connection":
+                named.update(token.strip().lower() for token in value.split(b",") if token.strip())
+            continue
+        out.append((name, value))
+    if named:
+        out = [(name, value) for name, value in out if name not in named]
+    return out

@@ -9,6 +9,7 @@ Authorization), X-Forwarded-*, Host, path normalisation, per-route upstreams, th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import select
 import socket
@@ -21,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from upstream import ServerThread, Upstream, free_port
+from upstream import RawUpstream, ServerThread, Upstream, free_port
 
 from gatekeeper.bearer import BearerSource
 from gatekeeper.decision import Gate
@@ -328,7 +329,7 @@ def test_an_idle_connection_closed_by_the_upstream_is_replaced(make_proxy: MakeP
         (stack,) = proxy.app.transport._idle.values()
         (idle,) = stack
         deadline = time.monotonic() + 10
-        while not select.select([idle.sock.fileno()], [], [], 0.05)[0]:
+        while not select.select([idle.fileno], [], [], 0.05)[0]:
             assert time.monotonic() < deadline, "the upstream never closed the idle connection"
         response = proxy.get("/open/echo")
         assert response.status_code == 200
@@ -513,6 +514,52 @@ def test_dns_failure_is_502(make_proxy: MakeProxy) -> None:
     response = make_proxy(upstream_url="http://gatekeeper-test-upstream.invalid").get("/open/x")
     assert response.status_code == 502
     assert response.json()["error"] == "upstream_unreachable"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 2OO OK\r\n\r\n",  # malformed status line
+        b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 200_000 + b"\r\n\r\n",  # a huge header block
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",  # ambiguous framing
+    ],
+)
+def test_a_malformed_upstream_response_is_502(make_proxy: MakeProxy, reply: bytes) -> None:
+    with RawUpstream(lambda *_: reply) as raw:
+        proxy = make_proxy(upstream_url=raw.url)
+        response = proxy.get("/open/x")
+        assert response.status_code == 502
+        assert response.json()["error"] == "upstream_unreachable"
+        assert proxy.app.transport.open_connections == 0
+
+
+def test_a_request_header_the_upstream_request_cannot_carry_is_400(
+    make_proxy: MakeProxy, upstream: Upstream
+) -> None:
+    # The server in front refuses CR/LF in headers already; the proxy does not rely on it.
+    proxy = make_proxy()
+    before = len(upstream.seen)
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/open/x",
+        "raw_path": b"/open/x",
+        "query_string": b"",
+        "headers": [(b"host", b"gk"), (b"x-split", b"1\r\nx-injected: 1")],
+        "client": ("127.0.0.1", 1),
+        "scheme": "http",
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(proxy.app(scope, receive, send))
+    assert sent[0]["status"] == 400
+    assert len(upstream.seen) == before
 
 
 def test_read_timeout_is_504(make_proxy: MakeProxy) -> None:

@@ -28,12 +28,14 @@ Every request's echo dict is also appended to ``Upstream.seen`` (for websocket h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import itertools
 import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs
@@ -275,6 +277,72 @@ class Upstream(ServerThread):
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+
+#: What a :class:`RawUpstream` answer function returns: bytes to send (then the next request
+#: is read), or None to close the connection without answering.
+Answer = Callable[[int, int, bytes], "bytes | None"]
+
+
+class RawUpstream:
+    """A hand-written HTTP/1.1 upstream on 127.0.0.1 for responses no real server sends
+    (malformed, oversized, cut off): ``answer(connection, request, head)`` is called with the
+    connection's and the request's number on it (from 0) and the request head as received;
+    request bodies are not read. ``close_after``: close each connection after its first reply.
+    ``connections`` counts accepted connections."""
+
+    def __init__(self, answer: Answer, *, close_after: bool = False) -> None:
+        self.answer = answer
+        self.close_after = close_after
+        self.connections = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._open: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            self._open.append(conn)
+            number, self.connections = self.connections, self.connections + 1
+            threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        buffer = b""
+        with conn:
+            for request in itertools.count():
+                while b"\r\n\r\n" not in buffer:
+                    try:
+                        data = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                reply = self.answer(number, request, head)
+                if reply is None:
+                    return
+                try:
+                    conn.sendall(reply)
+                except OSError:
+                    return
+                if self.close_after:
+                    return
+
+    def __enter__(self) -> RawUpstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+        for conn in self._open:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
 
 @contextmanager
