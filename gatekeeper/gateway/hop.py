@@ -38,15 +38,16 @@ def is_hop_by_hop(name: bytes, named: frozenset[bytes] = frozenset()) -> bool:
     return name in HOP_BY_HOP or name.startswith(b"proxy-") or name in named
 
 
-def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """The headers without hop-by-hop ones; names come back lower case."""
+def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], also: frozenset[bytes] = frozenset()) -> Headers:
+    """The headers without hop-by-hop ones (nor those named in ``also``, lower case); names come
+    back lower case."""
     # One pass (this runs twice per proxied request); the Connection-named headers, rare,
     # are removed in a second pass only when a Connection header named any.
     out: Headers = []
     named: set[bytes] = set()
     for name, value in headers:
         name = name.lower()
-        if name in HOP_BY_HOP or name.startswith(b"proxy-"):
+        if name in HOP_BY_HOP or name.startswith(b"proxy-") or name in also:
             if name == b"connection":
                 named.update(token.strip().lower() for token in value.split(b",") if token.strip())
             continue

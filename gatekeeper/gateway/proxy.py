@@ -21,7 +21,9 @@ Settings are plain frozen dataclasses (``config.py`` builds them from TOML). The
    identity header is removed on *every* route (exempt and optional ones too) before the
    verified values are added; ``Authorization`` is removed unless configured; configured token
    query parameters are removed from the upstream URL; ``X-Forwarded-*`` and ``Host`` as
-   configured.
+   configured. The upstream's ``Date`` and ``Server`` are replaced by the serving stack's own,
+   as nginx does (uvicorn stamps both on every response: passing the upstream's on as well
+   would send each twice, and ``Date`` is a single-valued header).
 5. Failures that are not the client's are small JSON bodies, not the auth profile: 502 when
    the upstream cannot be reached (refused, DNS, broken response), 504 on a timeout, 503 when
    ``max_in_flight`` exchanges are already running. The upstream's own responses (a 401
@@ -131,6 +133,8 @@ _NO_STORE: Final = (b"cache-control", b"no-store")
 # Expect: 100-continue is answered by the server in front, the upstream gets the body at once.
 _ALWAYS_DROPPED: Final = frozenset({b"host", b"expect"})
 _FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+# Response headers the server in front stamps itself (uvicorn: on every response).
+_STAMPED: Final = frozenset({b"date", b"server"})
 # Response bodies up to this size (by Content-Length) are relayed without a disconnect
 # watcher: they are done in a few writes, and the watcher is a task per request.
 _SMALL_BODY: Final = 256 * 1024
@@ -452,7 +456,7 @@ class ReverseProxy:
                 {
                     "type": "http.response.start",
                     "status": response.status,
-                    "headers": strip_hop_by_hop(response.headers),
+                    "headers": strip_hop_by_hop(response.headers, _STAMPED),
                 }
             )
             size = content_length(response.headers)

@@ -373,6 +373,15 @@ def test_hop_by_hop_response_headers_are_removed(make_proxy: MakeProxy) -> None:
 # -- the token goes no further than it must --------------------------------------------------
 
 
+def test_the_response_carries_one_date_and_one_server_header(make_proxy: MakeProxy) -> None:
+    # The upstream (uvicorn) sends both, and so does the server in front of the proxy.
+    response = make_proxy().get("/open/echo")
+    assert response.status_code == 200
+    names = [name.lower() for name, _ in response.headers.raw]
+    assert names.count(b"date") == 1
+    assert names.count(b"server") == 1
+
+
 @pytest.mark.parametrize("name", ["bearer_token", "bearer%5Ftoken"])
 def test_query_token_is_removed_from_the_upstream_url(make_proxy: MakeProxy, token: str, name: str) -> None:
     proxy = make_proxy()

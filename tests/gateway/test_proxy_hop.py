@@ -41,3 +41,8 @@ def test_end_to_end_headers_keep_their_order_and_repeats() -> None:
         (b"accept", b"b"),
         (b"set-cookie", b"c"),
     ]
+
+
+def test_also_named_headers_are_removed_in_any_case() -> None:
+    headers = [(b"Date", b"then"), (b"Server", b"up"), (b"X-Kept", b"1")]
+    assert strip_hop_by_hop(headers, frozenset({b"date", b"server"})) == [(b"x-kept", b"1")]
