@@ -338,8 +338,7 @@ class ReverseProxy:
         if claims is not None:
             record.issuer = claims.issuer
             record.subject = claims.subject
-            client_id = claims.get("client_id", claims.get("azp"))
-            record.client_id = client_id if isinstance(client_id, str) else None
+            record.client_id = client_id_of(claims)
 
     def upstream_headers(self, scope: dict[str, Any], allow: Allow, upstream: _Upstream) -> Headers:
         """The headers the upstream gets: hop-by-hop and client identity copies removed first,
@@ -537,6 +536,16 @@ class _deadline:
         if self._scope.cancelled_caught:
             raise TimeoutError
         return suppressed
+
+
+def client_id_of(claims: Any) -> str | None:
+    """The client for the access log: the first string among ``client_id`` and ``azp`` (the
+    forward-auth endpoint's rule, so both doors log the same client for the same token)."""
+    for name in ("client_id", "azp"):
+        value = claims.get(name)
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def content_length(headers: Any) -> int | None:

@@ -171,6 +171,24 @@ def test_allowed_request_reaches_upstream_with_identity(make_proxy: MakeProxy, t
     assert record.upstream_latency <= record.latency
 
 
+@pytest.mark.parametrize(
+    ("claims", "logged"),
+    [
+        ({"client_id": "app-1", "azp": "app-2"}, "app-1"),
+        ({"client_id": None, "azp": "app-2"}, "app-2"),  # (None: the claim is left out)
+        ({"client_id": 7, "azp": "app-2"}, "app-2"),  # not a string: the next claim
+        ({"client_id": 7}, None),
+    ],
+)
+def test_the_logged_client_is_the_first_string_of_client_id_and_azp(
+    make_proxy: MakeProxy, issuer: IssuerServer, claims: dict[str, Any], logged: str | None
+) -> None:
+    token = issuer.issuer.mint({"sub": "alice", "aud": "api", **claims}, scope="read")
+    proxy = make_proxy()
+    assert proxy.get("/items/1", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert proxy.wait_records()[0].client_id == logged
+
+
 @pytest.mark.parametrize("profile", ["rfc6750", "addressfinder", "placewise"])
 def test_denial_is_the_profile_response_and_never_reaches_upstream(
     make_proxy: MakeProxy, upstream: Upstream, profile: str

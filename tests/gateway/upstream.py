@@ -230,7 +230,9 @@ class ServerThread:
     """Any ASGI app served by uvicorn on 127.0.0.1 in a background thread (its own loop)."""
 
     def __init__(self, app: Any, *, http: str = "h11", ws: str = "websockets-sansio", **config: Any) -> None:
-        self.sock = socket.socket()
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose protocol says TCP
+        # (with proto 0, a response written as head then body waits ~40 ms for a delayed ACK).
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port: int = self.sock.getsockname()[1]
