@@ -449,26 +449,32 @@ class ForwardAuth:
         decision_latency: float,
         result: Allow | Deny,
     ) -> None:
-        claims = result.claims if isinstance(result, Allow) else None
-        error = result.error if isinstance(result, Deny) else None
-        self.reporter(
-            RequestRecord(
-                door="forward_auth",
-                method=original.method,
-                path=original.logged_path,
-                status=status,
-                decision=decision,
-                latency=time.perf_counter() - started,
-                decision_latency=decision_latency,
-                rule=result.rule.path,
-                error_kind=error.kind if error is not None else None,
-                issuer=claims.issuer if claims is not None else (error.issuer if error is not None else None),
-                subject=claims.subject if claims is not None else None,
-                client_id=None if claims is None else self._facts(claims)[2],
-                token=token_fingerprint(result.token, claims) if result.token else None,
-                cached=result.cached if isinstance(result, Allow) else None,
-            )
-        )
+        # Positional arguments, in RequestRecord's field order: a third of the cost of keywords
+        # for a 14-field record, once per request.
+        token = result.token
+        if isinstance(result, Allow):
+            claims = result.claims
+            if claims is None:
+                record = RequestRecord(
+                    "forward_auth", original.method, original.logged_path, status, decision,
+                    time.perf_counter() - started, decision_latency, result.rule.path, None, None, None,
+                    None, token_fingerprint(token) if token else None, result.cached,
+                )  # fmt: skip
+            else:
+                record = RequestRecord(
+                    "forward_auth", original.method, original.logged_path, status, decision,
+                    time.perf_counter() - started, decision_latency, result.rule.path, None,
+                    claims.issuer, claims.subject, self._facts(claims)[2],
+                    token_fingerprint(token, claims) if token else None, result.cached,
+                )  # fmt: skip
+        else:
+            error = result.error
+            record = RequestRecord(
+                "forward_auth", original.method, original.logged_path, status, decision,
+                time.perf_counter() - started, decision_latency, result.rule.path, error.kind,
+                error.issuer, None, None, token_fingerprint(token) if token else None, None,
+            )  # fmt: skip
+        self.reporter(record)
 
 
 def _split_or_refuse(target: str) -> tuple[str, str]:

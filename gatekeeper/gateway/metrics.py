@@ -11,8 +11,8 @@ The key store's plain counters (``fetch_counts``, ``stale_served``) are mirrored
 
 Counting is batched. prometheus-client takes a lock for every ``inc``/``observe`` (and, under
 ``--workers``, writes an mmap file), which was four locks and ~7 us per request on the decision
-endpoint. :meth:`GatewayMetrics.observe` only adds to plain per-process ints (a dict per label
-combination, a list of bucket counts per histogram); :meth:`GatewayMetrics.flush` hands what
+endpoint. :meth:`GatewayMetrics.observe` only adds to plain per-process ints (one dict entry per
+label combination and latency bucket); :meth:`GatewayMetrics.flush` hands what
 accumulated to prometheus-client in one ``inc(n)`` per label combination and bucket. It runs
 before every render (so a single process's ``/metrics`` is exact at scrape time) and, under
 ``--workers``, every :data:`FLUSH_INTERVAL` seconds and at shutdown (the scrape is answered by
@@ -157,25 +157,29 @@ class GatewayMetrics:
         # Counts since the last flush, by label values (bounded, see the module doc). A label
         # combination gets its prometheus child at its first flush, like labels() would on
         # first use: an unused child would be exported as 0.
-        self._decisions: dict[tuple[str, str, str, str], int] = {}
-        self._decision_seconds: dict[str, PendingHistogram] = {}
-        self._cache: dict[bool, int] = {}
+        # One dict operation per request: (door, outcome, kind, rule, cached, latency bucket)
+        # -> count; flush() splits it into the decision, cache and latency metrics.
+        self._counts: dict[tuple[str, str, str, str, bool | None, int], int] = {}
+        self._latency_sums: dict[str, float] = {}  # by door
         self._upstream: dict[int, int] = {}  # by status; the label is its class
         self._upstream_seconds = PendingHistogram(UPSTREAM_BUCKETS)
 
     def observe(self, record: RequestRecord) -> None:
         """Count one request (in plain ints: :meth:`flush` hands them to prometheus-client)."""
-        key = (record.door, record.decision, record.error_kind or "", record.rule or "")
-        decisions = self._decisions
-        decisions[key] = decisions.get(key, 0) + 1
-        seconds = self._decision_seconds.get(record.door)
-        if seconds is None:
-            seconds = self._decision_seconds[record.door] = PendingHistogram(DECISION_BUCKETS)
-        seconds.add(record.decision_latency)
-        if record.cached is not None:
-            cache = self._cache
-            hit = bool(record.cached)
-            cache[hit] = cache.get(hit, 0) + 1
+        door = record.door
+        latency = record.decision_latency
+        key = (
+            door,
+            record.decision,
+            record.error_kind or "",
+            record.rule or "",
+            record.cached,
+            bisect_left(DECISION_BUCKETS, latency),  # Prometheus's "le": the first bound >= it
+        )
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
+        sums = self._latency_sums
+        sums[door] = sums.get(door, 0.0) + latency
         if record.upstream_status is not None:
             upstream = self._upstream
             upstream[record.upstream_status] = upstream.get(record.upstream_status, 0) + 1
@@ -187,20 +191,33 @@ class GatewayMetrics:
         per label combination and bucket). Runs before every render; under ``--workers`` also
         every :data:`FLUSH_INTERVAL` seconds."""
         # Swapped out first: what is observed meanwhile waits for the next flush.
-        decisions, self._decisions = self._decisions, {}
-        seconds, self._decision_seconds = self._decision_seconds, {}
-        cache, self._cache = self._cache, {}
+        counts, self._counts = self._counts, {}
+        sums, self._latency_sums = self._latency_sums, {}
         upstream, self._upstream = self._upstream, {}
         upstream_seconds = self._upstream_seconds
         if any(upstream_seconds.counts):
             self._upstream_seconds = PendingHistogram(UPSTREAM_BUCKETS)
             upstream_seconds.hand_to(self.upstream_seconds)
-        for key, n in decisions.items():
-            self.decisions.labels(*key).inc(n)
+        decisions: dict[tuple[str, str, str, str], int] = {}
+        cache: dict[bool, int] = {}
+        seconds: dict[str, PendingHistogram] = {}
+        for (door, outcome, kind, rule, cached, bucket), n in counts.items():
+            labels = (door, outcome, kind, rule)
+            decisions[labels] = decisions.get(labels, 0) + n
+            if cached is not None:
+                hit = bool(cached)
+                cache[hit] = cache.get(hit, 0) + n
+            pending = seconds.get(door)
+            if pending is None:
+                pending = seconds[door] = PendingHistogram(DECISION_BUCKETS)
+            pending.counts[bucket] += n
+        for labels, n in decisions.items():
+            self.decisions.labels(*labels).inc(n)
         for door, pending in seconds.items():
+            pending.total = sums.get(door, 0.0)
             pending.hand_to(self.decision_seconds.labels(door))
-        for hit, n in cache.items():
-            self.token_cache.labels("hit" if hit else "miss").inc(n)
+        for found, n in cache.items():
+            self.token_cache.labels("hit" if found else "miss").inc(n)
         by_class: dict[str, int] = {}
         for status, n in upstream.items():
             label = status_class(status)

@@ -486,3 +486,39 @@ def test_remembered_original_requests_are_bounded(
         assert app._seen == {}  # too long to be remembered
 
     asyncio.run(scenario())
+
+
+def test_every_record_field_for_allow_anonymous_allow_and_deny(serve: Serve, dev_issuer: DevIssuer) -> None:
+    # The records are built positionally on the hot path: each field must land where it belongs.
+    from dataclasses import asdict
+
+    fa = serve()
+    token = dev_issuer.mint(subject="ann", scope="read", claims={"client_id": "app-9"})
+    fa.ask("/open/x?q=1", token=token)  # verified (optional route)
+    fa.ask("/open/x?q=1", token=token)  # cached
+    fa.ask("/public/y", method="POST")  # exempt: anonymous
+    fa.ask("/admin/z", token=token)  # deny: insufficient_scope
+    base = {"door": "forward_auth", "upstream_status": None, "upstream_latency": None}
+    verified = {
+        **base, "method": "GET", "path": "/open/x?q=1", "status": 200, "decision": "allow",
+        "rule": "/open/**", "error_kind": None, "issuer": dev_issuer.issuer, "subject": "ann",
+        "client_id": "app-9", "token": fingerprint(token), "cached": False,
+    }  # fmt: skip
+    expected = [
+        verified,
+        {**verified, "cached": True},
+        {
+            **base, "method": "POST", "path": "/public/y", "status": 200, "decision": "allow",
+            "rule": "/public/**", "error_kind": None, "issuer": None, "subject": None,
+            "client_id": None, "token": None, "cached": False,
+        },
+        {
+            **base, "method": "GET", "path": "/admin/z", "status": 403, "decision": "deny",
+            "rule": "/admin/**", "error_kind": "insufficient_scope", "issuer": dev_issuer.issuer,
+            "subject": None, "client_id": None, "token": fingerprint(token), "cached": None,
+        },
+    ]  # fmt: skip
+    got = [asdict(record) for record in fa.records]
+    for record in got:
+        assert record.pop("latency") >= record.pop("decision_latency") >= 0
+    assert got == expected
