@@ -43,6 +43,7 @@ MAX_HEAD: Final = 64 * 1024
 
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 _LAST_CHUNK: Final = b"0\r\n\r\n"
+_NEVER: Final = float("inf")
 
 
 def request_head(
@@ -87,7 +88,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._buffered = 0
         self._head_bytes = 0
         self._read_timeout: float | None = None
+        self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = _NEVER
+        self._what = ""
         self._drain: asyncio.Future[None] | None = None
         self._busy = False
         self._head_request = False
@@ -144,6 +149,9 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection (an unfinished response with it)."""
         self._broken = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self.transport.close()
 
@@ -176,7 +184,7 @@ class UpstreamConnection(asyncio.Protocol):
         while not self._headers_done:
             if self._error is not None:
                 raise self._error
-            await self._wait(read_timeout, "the upstream did not answer in time")
+            await self._waiting(read_timeout, "the upstream did not answer in time")
 
     async def _send_body(
         self,
@@ -215,7 +223,7 @@ class UpstreamConnection(asyncio.Protocol):
                 return b""
             if self._error is not None:
                 raise self._error
-            await self._wait(self._read_timeout, "the upstream stopped sending in time")
+            await self._waiting(self._read_timeout, "the upstream stopped sending in time")
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._buffered = 0
@@ -224,17 +232,41 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
-    async def _wait(self, seconds: float | None, what: str) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._timed(self._waiter, seconds, what)
-        finally:
-            self._waiter = None
+    def _waiting(self, seconds: float | None, what: str) -> asyncio.Future[None]:
+        """A future for the next response bytes (or EOF, or an error), failed with
+        :class:`UpstreamTimeout` when nothing comes within ``seconds``.
+
+        One timer per connection, moved lazily: a wait only sets the deadline the timer checks
+        when it fires (a timer per wait costs more than the rest of the wait, twice a request).
+        A failed future, not a cancel scope: an outside cancellation (the proxy's total timeout,
+        a server shutdown) stays a cancellation."""
+        loop = self._loop
+        waiter = self._waiter = loop.create_future()
+        if seconds is None:
+            self._deadline = _NEVER
+        else:
+            self._deadline = loop.time() + seconds
+            self._what = what
+            timer = self._timer
+            if timer is None or timer.when() > self._deadline:  # (a shorter timeout than before)
+                if timer is not None:
+                    timer.cancel()
+                self._timer = loop.call_at(self._deadline, self._check_deadline)
+        return waiter
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._deadline == _NEVER:
+            return  # nothing waits (any later wait arms the timer anew)
+        if self._loop.time() >= self._deadline:
+            waiter.set_exception(UpstreamTimeout(self._what))
+        else:
+            self._timer = self._loop.call_at(self._deadline, self._check_deadline)
 
     @staticmethod
     async def _timed(future: asyncio.Future[None], seconds: float | None, what: str) -> None:
-        # A timer that fails the future (not a cancel scope): an outside cancellation (the
-        # proxy's total timeout, a server shutdown) stays a cancellation.
+        # (for the rare waits on a full write buffer: a timer of their own)
         if seconds is None:
             await future
             return

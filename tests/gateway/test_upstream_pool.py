@@ -365,3 +365,14 @@ def test_a_slow_answer_is_a_read_timeout(upstream: Upstream) -> None:
         assert pool.open_connections == 0
 
     run(test)
+
+
+def test_a_shorter_read_timeout_on_a_reused_connection_applies(upstream: Upstream) -> None:
+    async def test(pool: UpstreamPool) -> None:
+        await get(pool, upstream.port, b"/echo", timeouts=Timeouts(read=60.0))
+        assert pool.open_connections == 1  # idle, armed with the 60 s deadline's timer
+        with pytest.raises(UpstreamTimeout):
+            await get(pool, upstream.port, b"/slow?delay=3", timeouts=Timeouts(read=0.2))
+        assert pool.open_connections == 0  # the same connection, closed after its timeout
+
+    run(test)
