@@ -19,10 +19,13 @@ envoy          the auth request's own method           the auth request's path a
 The path is normalised by :func:`gatekeeper.gateway.paths.normalise_path`; a path that cannot be
 normalised unambiguously is refused with 400 in the profile's ``invalid_request`` shape.
 
-An allow also carries ``X-Gatekeeper-Uri``: the normalised path plus the query without token
-parameters, and ``X-Gatekeeper-Path``, the normalised path alone. The shipped nginx
-configuration sends the upstream exactly that URI, the Caddy one that path, so the upstream sees
-the path the rules saw (and, through nginx, never the query token).
+An allow also carries the path the rules saw, in the one header the configured proxy's shipped
+configuration uses: ``X-Gatekeeper-Path`` (the normalised path alone) with ``proxy = "caddy"``,
+whose rewrite takes a path; ``X-Gatekeeper-Uri`` (the normalised path plus the query without
+token parameters) with every other proxy. The shipped nginx configuration sends the upstream
+exactly that URI, the Caddy one that path, so the upstream sees the path the rules saw (and,
+through nginx, never the query token). Only one is sent because each response header is work
+for the proxy and for a pure-Python server stack (h11 validates every one).
 
 nginx's ``auth_request`` passes only 401 and 403 through (any other status becomes 500) and
 drops the body. With ``proxy = "nginx"`` every refusal is therefore answered with 401 (403 when
@@ -55,6 +58,7 @@ from .record import Decision, Reporter, RequestRecord, logged_query, token_finge
 
 __all__ = [
     "PROXIES",
+    "UPSTREAM_HEADERS",
     "UPSTREAM_PATH_HEADER",
     "UPSTREAM_URI_HEADER",
     "ForwardAuth",
@@ -72,8 +76,16 @@ UPSTREAM_URI_HEADER: Final = "x-gatekeeper-uri"
 UPSTREAM_PATH_HEADER: Final = "x-gatekeeper-path"
 #: The real status of a refusal that nginx mode answered with 401/403.
 STATUS_HEADER: Final = "x-gatekeeper-status"
-_UPSTREAM_URI: Final = UPSTREAM_URI_HEADER.encode("ascii")
-_UPSTREAM_PATH: Final = UPSTREAM_PATH_HEADER.encode("ascii")
+#: Which of the two an allow carries, per proxy: the one its shipped configuration reads
+#: (Caddy's ``rewrite`` takes the path, nginx's ``proxy_pass`` the URI; Traefik and Envoy
+#: cannot rewrite from an auth answer, so theirs is informational and the URI says more).
+UPSTREAM_HEADERS: Final[dict[ProxyKind, str]] = {
+    "nginx": UPSTREAM_URI_HEADER,
+    "ingress-nginx": UPSTREAM_URI_HEADER,
+    "traefik": UPSTREAM_URI_HEADER,
+    "caddy": UPSTREAM_PATH_HEADER,
+    "envoy": UPSTREAM_URI_HEADER,
+}
 
 # (method header, target header) per proxy; None: the auth request's own method / path.
 _CONVENTIONS: Final[dict[ProxyKind, tuple[bytes | None, bytes | None]]] = {
@@ -152,14 +164,17 @@ _Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 @dataclass(frozen=True, slots=True)
 class _Original:
     """The original request, parsed and normalised, with what every answer about it repeats:
-    the allow's ``X-Gatekeeper-Uri``/``-Path`` headers and the path as the access log shows it
-    (query token parameters redacted). Remembered per exact (method, target) input."""
+    the allow's ``X-Gatekeeper-Uri`` or ``-Path`` header (``upstream``), the allow's headers
+    after the identity headers when decisions are not cached (``allow_tail``: that header,
+    ``no-store``, ``content-length: 0``) and the path as the access log shows it (query token
+    parameters redacted). Remembered per exact (method, target) input."""
 
     method: str
     raw_path: str
     path: str  # normalised
     query: bytes
-    upstream_headers: tuple[tuple[bytes, bytes], tuple[bytes, bytes]]
+    upstream: tuple[bytes, bytes]
+    allow_tail: tuple[tuple[bytes, bytes], ...]
     logged_path: str
 
 
@@ -191,6 +206,8 @@ class ForwardAuth:
         self._nginx = settings.proxy in ("nginx", "ingress-nginx")
         self._envoy = settings.proxy == "envoy"
         self._render_path = settings.render_path
+        self._upstream_name = UPSTREAM_HEADERS[settings.proxy].encode("ascii")
+        self._uri_upstream = self._upstream_name == UPSTREAM_URI_HEADER.encode("ascii")
         self._token_params = frozenset(gate.source.query_params) | {"bearer_token", "access_token"}
         self._identity_names = [name.lower().encode("ascii") for name in identity.names]
         # An anonymous allow sends every identity header empty.
@@ -239,10 +256,10 @@ class ForwardAuth:
                 rendered = self.profile.render(AuthError("keys_unavailable", retry_after=1))
                 await _send(send, *self._deny(rendered, render))
                 return
-            status, allow_headers, _ = self._allow(result, original)
+            allow_headers = self._allow(result, original)
             self._report(original, 200, "allow", started, decision_latency, result)
             # The allow's headers already end with its content-length (an empty body).
-            await send({"type": "http.response.start", "status": status, "headers": allow_headers})
+            await send({"type": "http.response.start", "status": 200, "headers": allow_headers})
             await send({"type": "http.response.body", "body": b""})
             return
         rendered = self.profile.render(result.error)
@@ -310,15 +327,19 @@ class ForwardAuth:
             raise _BadRequest(
                 "bad_path", f"The request path is ambiguous: {rejected.reason}", profile=True
             ) from None
-        kept = _kept_query(query, self._token_params)
         logged = logged_query(query, self._token_params)
         encoded = path.encode("ascii")
+        if self._uri_upstream:
+            kept = _kept_query(query, self._token_params)
+            encoded += b"?" + kept if kept else b""
+        upstream = (self._upstream_name, encoded)
         return _Original(
             method,
             text,
             path,
             query,
-            ((_UPSTREAM_URI, encoded + (b"?" + kept if kept else b"")), (_UPSTREAM_PATH, encoded)),
+            upstream,
+            (upstream, _NO_STORE, _NO_BODY),
             path + ("?" + logged if logged else ""),
         )
 
@@ -362,13 +383,16 @@ class ForwardAuth:
 
     # -- answers ------------------------------------------------------------------------------
 
-    def _allow(self, allow: Allow, original: _Original) -> _Answer:
+    def _allow(self, allow: Allow, original: _Original) -> tuple[tuple[bytes, bytes], ...]:
+        """The allow's headers (status 200, empty body)."""
         # Every configured identity header, empty when the claim is absent (or the request is
         # anonymous): proxies that copy named headers (Caddy's copy_headers, Envoy's
         # allowed_upstream_headers) then overwrite a client's copy instead of keeping it, and
         # Caddy 2.6 would otherwise send its unexpanded placeholder. nginx sends no empty header.
         identity = self._anonymous if allow.claims is None else self._facts(allow.claims)[1]
-        return 200, [*identity, *original.upstream_headers, self._cache_control(allow), _NO_BODY], b""
+        if not self.settings.decision_cache_seconds:
+            return identity + original.allow_tail  # both prebuilt: one tuple concatenation
+        return (*identity, original.upstream, self._cache_control(allow), _NO_BODY)
 
     def _facts(self, claims: Any) -> tuple[Any, tuple[tuple[bytes, bytes], ...], str | None]:
         """(claims, every identity header in configured order, client id), once per verified

@@ -114,9 +114,13 @@ def test_allow_answers_200_with_identity_headers_and_the_upstream_uri(
     assert response.headers["x-auth-scopes"] == "admin read"
     assert response.headers["x-auth-issuer"] == dev_issuer.issuer
     assert response.headers["cache-control"] == "no-store"
-    # the upstream is to see the path the rules saw, without the query token
+    # the upstream is to see the path the rules saw, without the query token; nginx's
+    # configuration reads the URI, so the path alone is not sent
     assert response.headers["x-gatekeeper-uri"] == "/admin/x/y?a=1&b=%20"
-    assert response.headers["x-gatekeeper-path"] == "/admin/x/y"
+    assert "x-gatekeeper-path" not in response.headers
+    sent = [name for name, _ in response.headers.multi_items() if name not in ("date", "server")]
+    identity = ["x-auth-subject", "x-auth-client-id", "x-auth-scopes", "x-auth-issuer"]
+    assert sorted(sent) == sorted([*identity, "x-gatekeeper-uri", "cache-control", "content-length"])
     [record] = fa.records
     assert (record.decision, record.status, record.rule, record.subject) == (
         "allow",
@@ -127,6 +131,42 @@ def test_allow_answers_200_with_identity_headers_and_the_upstream_uri(
     assert record.token == fingerprint(token)
     assert token not in repr(record)
     assert record.path == "/admin/x/y?a=1&bearer_token=[redacted]&b=%20"
+
+
+@pytest.mark.parametrize(
+    ("proxy", "sent", "value"),
+    [
+        ("nginx", "x-gatekeeper-uri", "/admin/x?a=1"),
+        ("ingress-nginx", "x-gatekeeper-uri", "/admin/x?a=1"),
+        ("traefik", "x-gatekeeper-uri", "/admin/x?a=1"),
+        ("envoy", "x-gatekeeper-uri", "/admin/x?a=1"),
+        ("caddy", "x-gatekeeper-path", "/admin/x"),
+    ],
+)
+@pytest.mark.parametrize("cache", [0, 60])
+def test_an_allow_carries_only_the_upstream_header_its_proxy_uses(
+    serve: Serve, dev_issuer: DevIssuer, proxy: str, sent: str, value: str, cache: int
+) -> None:
+    fa = serve(proxy, decision_cache_seconds=cache)
+    token = dev_issuer.mint(scope="admin")
+    target = "/admin/./x?a=1&access_token=zzz"  # a token parameter name: never forwarded
+    if proxy == "envoy":
+        response = fa.ask(None, None, token, path="/auth" + target)
+    elif proxy == "ingress-nginx":
+        response = fa.ask(
+            "https://api.example" + target, token=token, names=("X-Original-Method", "X-Original-URL")
+        )
+    elif proxy == "nginx":
+        response = fa.ask(target, token=token)
+    else:
+        response = fa.ask(target, token=token, names=("X-Forwarded-Method", "X-Forwarded-Uri"))
+    assert response.status_code == 200, response.text
+    assert response.headers[sent] == value
+    other = ({"x-gatekeeper-uri", "x-gatekeeper-path"} - {sent}).pop()
+    assert other not in response.headers
+    assert response.headers["cache-control"] == ("no-store" if not cache else "private, max-age=60")
+    assert response.headers["content-length"] == "0"
+    assert [name for name, _ in response.headers.multi_items()].count(sent) == 1
 
 
 def test_exempt_route_allows_without_a_token_and_sends_no_identity(serve: Serve) -> None:
