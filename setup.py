@@ -1,7 +1,7 @@
 """The one build step pyproject.toml cannot declare without an "experimental" warning: the
-optional C extension gatekeeper._speedups (the hot path's header scan and memo lookup). Where it
-cannot be built (no C compiler), the install still succeeds and gatekeeper runs the same code in
-Python (gatekeeper.decision.find_record_py), a little slower."""
+optional C extension gatekeeper._speedups (the middleware's hot path for a cached token). Where it
+cannot be built (no C compiler), the install still succeeds and gatekeeper runs the same logic in
+Python (gatekeeper.decision.probe_py and the middleware's closure), slower."""
 
 from setuptools import Extension, setup
 

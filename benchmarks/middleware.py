@@ -7,8 +7,9 @@ what the middleware adds per request, with the token in its cache (the hot path)
 cache (every request verifies the RS256 signature). Time is this thread's CPU time, so being
 preempted by other processes does not count; rounds alternate bare and middleware calls and
 the table gives medians of the per-round differences. A calibration row gives the cost of the
-decision's fast path alone (``Gate.probe``: the header scan, the remembered value, the cache
-entry's checks), the rest being the middleware's call and the user object it sets, and a
+decision's fast path alone called from a Python function (``Gate.probe``: the header scan, the
+remembered value, the cache entry's checks; with the C extension the middleware calls it from
+C, in ``gatekeeper._speedups.Dispatch``, so it is not a part of the first row), and a
 last row the middleware in front of the Starlette app served below (vs that app alone), where
 the CPU caches no longer hold its code and data from one request to the next.
 
@@ -295,7 +296,7 @@ def measure_in_process(
             noop_app,
             max(1, per_round // 50),
         ),
-        "of which the decision's fast path (Gate.probe)": (probe_only, noop_app, per_round),
+        "Gate.probe alone, from a Python function": (probe_only, noop_app, per_round),
         # The same middleware in front of the benchmark's Starlette app: its code and data no
         # longer stay in the CPU caches between requests, as in a server.
         "in front of the Starlette app, cached token": (
@@ -768,7 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gatekeeper middleware benchmark: bare vs gatekeeper (warm cache) vs PyJWT per request")
         print(
             f"python {platform.python_version()}; GET {PATH} with an RS256 token ({len(token)} chars), "
-            f"{len(CLIENT_HEADERS) + 1} request headers in process; decision fast path in "
+            f"{len(CLIENT_HEADERS) + 1} request headers in process; the middleware's hot path in "
             f"{'C (gatekeeper._speedups)' if SPEEDUPS else 'Python (gatekeeper._speedups not built)'}"
         )
         print()

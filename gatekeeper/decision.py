@@ -27,8 +27,9 @@ wrong.
 The fast path after the query check (:func:`probe_py`: header scan, memo lookup, the entry's and
 the claims' checks) also exists in C, ``gatekeeper._speedups.probe``, built at install time where
 a C compiler is available (``SPEEDUPS`` says which one runs). In Python the header scan alone
-is ~60 bytecodes for six headers, most of what the middleware added to a cached request; the C
-twin cuts the middleware's cost by about a third. Tests hold the two to the same answers.
+is ~60 bytecodes for six headers, most of what the middleware added to a cached request. The
+extension also holds the middleware's whole call around it (``Dispatch``, see
+:mod:`gatekeeper.middleware`). Tests hold the C and Python paths to the same answers.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ carrying the claims and scopes, and ``scope["user"]`` an authenticated user whos
 ``sub``, so ``request.user``, ``request.auth`` and Starlette's ``requires()`` work unchanged.
 
 The hot path (a cached token, no principal hook) is a plain call that returns the app's own
-coroutine, so the middleware adds no coroutine of its own; it allocates one small object,
+coroutine, so the middleware adds no coroutine of its own (where the C extension is built and
+tokens come from the header only, that call is ``gatekeeper._speedups.Dispatch``, the same
+logic in C, with no Python frame at all); it allocates one small object,
 which is both ``request.user`` and ``request.auth`` (a :class:`TokenUser` is a
 :class:`TokenAuth`). The middleware's state, for decorators, is a class attribute of that user
 (see :func:`middleware_state`), and ``request.auth.scopes`` is built when first read.
@@ -39,12 +41,19 @@ from .responses import ErrorProfile, ErrorResponse, ProfileSpec, get_profile
 from .rules import Rule, RuleSet
 from .verifier import Verifier
 
+try:
+    from . import _speedups
+except ImportError:  # built without a C compiler: the Python closure serves every request
+    _speedups = None  # type: ignore[assignment]
+
 SCOPE_KEY = "gatekeeper"
 
 
 class TokenAuth(AuthCredentials):
     """``request.auth``: Starlette's credentials (``scopes``, a sorted list) plus the claims."""
 
+    # A slot: set per request on the hot path, where a slot is cheaper than an instance dict.
+    __slots__ = ("claims",)
     claims: Claims
     _scopes: list[str] | None = None  # a class default: nothing to store per request
 
@@ -160,11 +169,16 @@ def _bind_call(cls: type[_M], call: Callable[[Scope, Receive, Send], Awaitable[N
         (cls,),
         {
             "__slots__": (),
-            "__call__": staticmethod(call),
+            "__call__": call if _is_c_call(call) else staticmethod(call),
             "__module__": cls.__module__,
             "__qualname__": cls.__qualname__,
         },
     )
+
+
+def _is_c_call(call: object) -> bool:
+    # A Dispatch has no __get__: the type's lookup finds it and calls it as it is.
+    return _speedups is not None and type(call) is _speedups.Dispatch
 
 
 def _user_class(state: GatekeeperState) -> type[TokenUser]:
@@ -285,6 +299,22 @@ class GatekeeperMiddleware:
             return app(scope, receive, send)
 
         _mark_coroutine_function(call)  # servers tell ASGI 3 apps by it
+        if fast and not query and _speedups is not None and header_probe is _speedups.probe:
+            # The same call in C (gatekeeper._speedups.Dispatch): no Python frame at all for a
+            # cached token. It calls ``decide`` on a miss and this closure for anything else.
+            dispatch = _speedups.Dispatch(
+                app=app,
+                decide=decide,
+                fallback=call,
+                memo=memo,
+                clock=clock,
+                revocations=revocations,
+                user_class=user_class,
+                rule=fast_rule,
+                match_scope=match_scope,
+            )
+            _mark_coroutine_function(dispatch)
+            return dispatch
         return call
 
     async def _decide(self, rule: Rule, scope: Scope, receive: Receive, send: Send) -> None:

@@ -37,7 +37,7 @@ def assert_in_process_table(stdout: str) -> None:
     assert "<= 1.00 us" in cached
     assert "PASS" in cached or "MISS" in cached
     assert any(line.startswith("| gatekeeper, no cache ") for line in lines)
-    assert any(line.startswith("| of which the decision's fast path (Gate.probe) ") for line in lines)
+    assert any(line.startswith("| Gate.probe alone, from a Python function ") for line in lines)
     assert any(line.startswith("| in front of the Starlette app, cached token ") for line in lines)
 
 
