@@ -52,7 +52,7 @@ from urllib.parse import unquote_plus
 from ..decision import Allow, Deny, Gate
 from ..errors import AuthError
 from ..responses import ErrorProfile, ErrorResponse
-from .identity import IdentityHeaders
+from .identity import IdentityHeaders, client_id_of
 from .paths import PathRejected, normalise_path, split_target
 from .record import Decision, Reporter, RequestRecord, logged_query, token_fingerprint
 
@@ -402,7 +402,7 @@ class ForwardAuth:
             return entry
         values = dict(self.identity.rendered(claims))
         identity = tuple((name, values.get(name, b"")) for name in self._identity_names)
-        entry = (claims, identity, _client_id(claims))
+        entry = (claims, identity, client_id_of(claims))
         if len(self._memo) >= _MEMO_SIZE:
             self._memo.clear()
         self._memo[id(claims)] = entry
@@ -578,16 +578,6 @@ def _safe_bytes(data: bytes) -> bytes:
 def _loggable(raw: bytes) -> str:
     """A raw header value for a log line: control and non-ASCII bytes escaped."""
     return "".join(chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in raw[:2048])
-
-
-def _client_id(claims: Any) -> str | None:
-    if claims is None:
-        return None
-    for name in ("client_id", "azp"):
-        value = claims.get(name)
-        if isinstance(value, str):
-            return value
-    return None
 
 
 def _json_error(slug: str, description: str) -> bytes:

@@ -34,17 +34,21 @@ from urllib.parse import quote
 from ..claims import Claims
 
 __all__ = [
+    "CLIENT_ID_CLAIMS",
     "DEFAULT_HEADERS",
     "MEMO_SIZE",
     "SCOPES",
     "HeaderSpec",
     "IdentityHeaders",
+    "client_id_of",
     "encode_value",
     "normal_name",
 ]
 
 #: The pseudo-claim for the token's normalised scopes.
 SCOPES: Final = "$scopes"
+#: Where a token names its client: RFC 9068's ``client_id``, else OIDC's ``azp``.
+CLIENT_ID_CLAIMS: Final = ("client_id", "azp")
 _SAFE: Final = "-._~!$&'()*;=:@/"  # quote() always keeps A-Z a-z 0-9 and "_.-~"
 #: How many verified claims objects' rendered headers are kept (the memo is then emptied).
 MEMO_SIZE: Final = 4096
@@ -75,6 +79,20 @@ def _scalar(value: Any) -> str | None:
     if isinstance(value, int | float):
         return json.dumps(value)
     return encode_value(json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False))
+
+
+def client_id_of(claims: Mapping[str, Any] | None) -> str | None:
+    """The client a token was issued to, for the access log: the first *string* among
+    :data:`CLIENT_ID_CLAIMS` (a non-string ``client_id`` does not hide ``azp``). Both front
+    doors log it this way, so the same token is logged as the same client whichever door saw
+    it. (The ``X-Auth-Client-Id`` header renders the first claim present, whatever its type.)"""
+    if claims is None:
+        return None
+    for name in CLIENT_ID_CLAIMS:
+        value = claims.get(name)
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def lookup(claims: Mapping[str, Any], path: str) -> Any:
@@ -123,7 +141,7 @@ class HeaderSpec:
 
 DEFAULT_HEADERS: Final[tuple[HeaderSpec, ...]] = (
     HeaderSpec("X-Auth-Subject", ("sub",)),
-    HeaderSpec("X-Auth-Client-Id", ("client_id", "azp")),
+    HeaderSpec("X-Auth-Client-Id", CLIENT_ID_CLAIMS),
     HeaderSpec("X-Auth-Scopes", (SCOPES,), " "),
     HeaderSpec("X-Auth-Issuer", ("iss",)),
 )

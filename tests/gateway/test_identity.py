@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gatekeeper.claims import Claims, normalise_scopes
 from gatekeeper.gateway import identity as identity_module
-from gatekeeper.gateway.identity import HeaderSpec, IdentityHeaders, encode_value
+from gatekeeper.gateway.identity import HeaderSpec, IdentityHeaders, client_id_of, encode_value
 
 ISS = "https://issuer.example/"
 
@@ -38,6 +38,17 @@ def test_client_id_falls_back_to_azp_and_absent_claims_send_nothing() -> None:
     values = dict(IdentityHeaders().values(claims(azp="spa")))
     assert values == {"X-Auth-Client-Id": "spa", "X-Auth-Issuer": ISS}
     assert IdentityHeaders().values(None) == []
+
+
+def test_client_id_of_is_the_first_string_among_client_id_and_azp() -> None:
+    assert client_id_of(claims(client_id="app", azp="other")) == "app"
+    assert client_id_of(claims(azp="web")) == "web"
+    # a non-string client_id does not hide azp (the header, by contrast, renders it)
+    assert client_id_of(claims(client_id=7, azp="web")) == "web"
+    assert dict(IdentityHeaders().values(claims(client_id=7, azp="web")))["X-Auth-Client-Id"] == "7"
+    assert client_id_of(claims(client_id=["a"])) is None
+    assert client_id_of(claims(sub="s")) is None
+    assert client_id_of(None) is None
 
 
 def test_scp_list_scopes_are_sorted_and_space_joined() -> None:
