@@ -9,6 +9,9 @@ A background task started with the main app keeps keys fetched (so ``/readyz`` t
 without waiting for a request) and mirrors the key stores' counters into the metrics. Under
 ``--workers`` a second one hands this worker's batched request counts to the shared metric files
 every :data:`~gatekeeper.gateway.metrics.FLUSH_INTERVAL` seconds (and once more at shutdown).
+Under ``--workers`` the keeper also publishes this worker's readiness on the
+:class:`~gatekeeper.gateway.workers.WorkerBoard`, so ``/readyz`` (answered by any worker) says
+whether every worker has keys.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .metrics import FLUSH_INTERVAL, GatewayMetrics
 from .ops import Check, ops_app
 from .proxy import ReverseProxy
 from .record import Reporter, RequestRecord
+from .workers import WorkerBoard
 
 logger = logging.getLogger("gatekeeper.gateway")
 
@@ -108,6 +112,7 @@ class Gateway:
     forward_auth: DecisionEndpoint | None
     proxy: ASGIApp | None
     ops: ASGIApp
+    board: WorkerBoard | None = field(default=None, repr=False)
     _keeper: asyncio.Task[None] | None = field(default=None, repr=False)
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -155,7 +160,13 @@ class Gateway:
                 self.mirror()
             except Exception:  # metrics must never stop the keys being kept fresh
                 logger.exception("mirroring metrics failed")
-            await asyncio.sleep(KEEP_INTERVAL_READY if self.ready() else KEEP_INTERVAL_NOT_READY)
+            ready = self.ready()
+            if self.board is not None:
+                try:
+                    self.board.publish(ready)
+                except OSError:  # the other workers then count this one as not ready
+                    logger.exception("publishing this worker's readiness failed")
+            await asyncio.sleep(KEEP_INTERVAL_READY if ready else KEEP_INTERVAL_NOT_READY)
 
     async def startup(self) -> None:
         """Start fetching keys (in the background: ``/readyz`` says when they are there)."""
@@ -174,6 +185,9 @@ class Gateway:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._keeper = self._flusher = None
+        if self.board is not None:
+            with contextlib.suppress(OSError):
+                self.board.withdraw()  # a stopping worker is not ready
         self.flush_metrics()  # the last requests' counts reach the files before the worker ends
         for door in (self.proxy, self.forward_auth):
             close = getattr(door, "aclose", None)
@@ -250,6 +264,10 @@ def build_gateway(
         gateway.proxy = proxy(gate, config.profile, config.proxy, config.identity, reporter)
 
     extra = dict(checks or {})
+    gateway.board = WorkerBoard.from_environment()
+    if gateway.board is not None:
+        # Under --workers: ready only when every worker is (any of them answers /readyz).
+        extra["workers"] = gateway.board.check(gateway.ready)
     revocation = config.revocation
     if revocation is not None:
         # The revocation settings contribute a readiness check and the admin routes.

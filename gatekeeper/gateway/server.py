@@ -3,7 +3,9 @@
 The listening sockets are bound first, in the process that was started, and then handed to the
 worker(s): with ``--workers 1`` that process serves; with more, it supervises that many spawned
 workers that share both sockets (each with its own verifier, caches and key store, like Envoy's
-per-worker caches) and a temporary ``PROMETHEUS_MULTIPROC_DIR`` for the metrics.
+per-worker caches), a temporary ``PROMETHEUS_MULTIPROC_DIR`` for the metrics, and a temporary
+directory where each worker says whether it is ready (:mod:`gatekeeper.gateway.workers`: any
+worker's ``/readyz`` answers for all of them).
 
 Each worker runs two uvicorn servers on one event loop: the main listener (forward-auth and
 proxy) and the ops listener (``/healthz``, ``/readyz``, ``/metrics``). SIGTERM or SIGINT stops
@@ -36,6 +38,7 @@ import uvicorn
 from .app import Gateway, build_gateway
 from .config import Address, GatewayConfig, load_config
 from .metrics import MULTIPROC_ENV, mark_process_dead
+from .workers import WORKERS_COUNT_ENV, WORKERS_DIR_ENV, forget
 
 logger = logging.getLogger("gatekeeper.gateway")
 
@@ -207,6 +210,9 @@ class _Supervisor:
                         continue
                     if process.pid in self.started:
                         mark_process_dead(process.pid)
+                        board = os.environ.get(WORKERS_DIR_ENV)
+                        if board:
+                            forget(Path(board), process.pid)  # it no longer counts as ready
                         lifetime = time.monotonic() - self.started.pop(process.pid)
                         if self.stopping:
                             # -SIGTERM: our signal reached a worker still starting (no handler
@@ -257,13 +263,19 @@ def serve(config: GatewayConfig, *, workers: int | None = None) -> int:
     )
     try:
         if count == 1:
+            os.environ.pop(WORKERS_DIR_ENV, None)  # one process: /readyz is about itself
             return _run_loop(config, main_sock, ops_sock)
         own_dir = MULTIPROC_ENV not in os.environ
         if own_dir:
             os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="gatekeeper-metrics-")
+        # Inherited by the spawned workers: where each says whether it is ready, and how many.
+        os.environ[WORKERS_DIR_ENV] = tempfile.mkdtemp(prefix="gatekeeper-workers-")
+        os.environ[WORKERS_COUNT_ENV] = str(count)
         try:
             return _Supervisor(config, count, (main_sock, ops_sock)).run()
         finally:
+            shutil.rmtree(Path(os.environ.pop(WORKERS_DIR_ENV)), ignore_errors=True)
+            os.environ.pop(WORKERS_COUNT_ENV, None)
             if own_dir:
                 shutil.rmtree(Path(os.environ.pop(MULTIPROC_ENV)), ignore_errors=True)
     finally:

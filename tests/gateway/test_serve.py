@@ -349,6 +349,77 @@ def _multiprocess_allowed(metrics_dir: Path) -> float:
     return sum(v for labels, v in samples.items() if dict(labels)["outcome"] == "allow")
 
 
+def test_readyz_under_two_workers_is_ready_only_when_every_worker_has_keys(
+    issuer: IssuerServer, upstream: Upstream, tmp_path: Path
+) -> None:
+    with GatewayProcess(config_for(issuer, upstream.url), tmp_path, workers=2) as gateway:
+
+        def ask() -> httpx.Response:
+            # A new connection each time, so the kernel spreads them over both workers.
+            return httpx.get(gateway.ops_url + "/readyz", headers={"connection": "close"})
+
+        ready = gateway.wait_for("/readyz", 200)
+        assert ready.json()["workers"] == {
+            "ready": True,
+            "expected": 2,
+            "ready_workers": 2,
+            "answered_by": ready.json()["workers"]["answered_by"],
+        }
+        pids = {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", gateway.stderr())}
+        assert len(pids) == 2
+
+        # The JWKS endpoint fails from now on; one worker dies and is replaced: the new one has
+        # no keys, the survivor still has its own (fresh) ones.
+        issuer.status = 503
+        killed = min(pids)
+        survivor = max(pids)
+        os.kill(killed, signal.SIGKILL)
+        for _ in range(400):
+            if len(set(re.findall(r"Started server process \[(\d+)\]", gateway.stderr()))) == 3:
+                break
+            threading.Event().wait(0.05)
+        # Whichever worker answers, /readyz says not ready: the survivor too (without the
+        # shared board it answered 200 about its own keys).
+        answers: dict[int, dict[str, Any]] = {}
+        deadline = time.monotonic() + 20
+        while survivor not in answers or len(answers) < 2:
+            assert time.monotonic() < deadline, f"not every worker answered: {sorted(answers)}"
+            response = ask()
+            body = response.json()
+            pid = body["workers"]["answered_by"]
+            if pid == survivor and body["workers"]["ready_workers"] == 2:
+                continue  # the supervisor has not yet noticed the death (at most ~0.5 s)
+            assert response.status_code == 503, body
+            answers[pid] = body
+        assert killed not in answers
+        assert answers[survivor]["issuers"][0]["usable"] is True  # its own keys are fine ...
+        assert answers[survivor]["workers"]["ready"] is False  # ... the other worker has none
+        assert answers[survivor]["workers"]["ready_workers"] == 1
+        (newcomer,) = set(answers) - {survivor}
+        assert answers[newcomer]["issuers"][0]["usable"] is False
+
+        issuer.status = 200  # the new worker's keeper fetches: every worker ready again
+        ready = gateway.wait_for("/readyz", 200)
+        seen: set[int] = set()
+        deadline = time.monotonic() + 20
+        while seen != {survivor, newcomer}:
+            assert time.monotonic() < deadline, f"not every worker answered: {sorted(seen)}"
+            response = ask()
+            assert response.status_code == 200, response.json()
+            seen.add(response.json()["workers"]["answered_by"])
+        assert gateway.stop() == 0, gateway.stderr()
+        assert "Traceback" not in gateway.stderr()
+
+
+def test_one_process_readyz_has_no_workers_section(
+    issuer: IssuerServer, upstream: Upstream, tmp_path: Path
+) -> None:
+    with GatewayProcess(config_for(issuer, upstream.url), tmp_path) as gateway:
+        ready = gateway.wait_for("/readyz", 200)
+        assert "workers" not in ready.json()
+        assert gateway.stop() == 0, gateway.stderr()
+
+
 def test_workers_flush_their_counts_to_the_files_on_a_timer_and_at_shutdown(
     issuer: IssuerServer, upstream: Upstream, tmp_path: Path
 ) -> None:
