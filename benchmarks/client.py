@@ -35,7 +35,7 @@ from _common import fmt_us, median, table
 
 with warnings.catch_warnings():  # Authlib >= 1.9 would rather drive httpx2; httpx is what we compare on
     warnings.simplefilter("ignore")
-    from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuth2Client
+    from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuth2Client  # type: ignore[import-untyped]
 
 from gatekeeper.client import ClientCredentialsAuth, Credentials
 from gatekeeper.devserver import TOKEN_PATH, IssuerServer

@@ -51,7 +51,7 @@ import tracemalloc
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from _common import (
     fmt_bytes,
@@ -463,7 +463,7 @@ def revocation_list(claims: Claims, count: int) -> Revocations:
     issuer = claims.issuer
     entries = [Revocation("sub", claims["sub"], issuer, until, before=float(claims["iat"]) - 100)]
     for i in range(count - 1):
-        kind = ("jti", "sub", "client_id")[i % 3]
+        kind: Literal["jti", "sub", "client_id"] = ("jti", "sub", "client_id")[i % 3]
         if kind == "jti":
             entries.append(Revocation("jti", f"jti-{i}", issuer, until))
         else:

@@ -311,9 +311,14 @@ def probe_py(
 
 
 try:
-    from ._speedups import probe as fast_probe
+    from . import _speedups
 except ImportError:  # built without a C compiler: the same in Python
-    fast_probe = probe_py
+    _speedups = None  # type: ignore[assignment]
+
+#: The fast path a :class:`Gate` binds when built: ``gatekeeper._speedups.probe`` or its twin.
+fast_probe: Callable[
+    [Iterable[Sequence[bytes]], Mapping[bytes, MemoRecord], float, Revocations, Rule], MemoRecord | None
+] = probe_py if _speedups is None else _speedups.probe
 
 #: Whether the fast path runs in C (``gatekeeper._speedups``) or in Python.
 SPEEDUPS: Final = fast_probe is not probe_py

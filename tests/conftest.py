@@ -31,9 +31,10 @@ EPOCH = 1_700_000_000.0
 
 
 try:
-    from gatekeeper._speedups import probe as probe_c
+    from gatekeeper import _speedups
 except ImportError:  # built without a C compiler
-    probe_c = None
+    _speedups = None  # type: ignore[assignment]
+probe_c = None if _speedups is None else _speedups.probe
 
 
 class Clock:

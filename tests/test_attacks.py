@@ -312,11 +312,11 @@ def _self_signed_cert(key: RSAKey, subject: str) -> bytes:
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
-        .public_key(private.public_key())  # type: ignore[arg-type]
+        .public_key(private.public_key())
         .serial_number(1)
         .not_valid_before(now)
         .not_valid_after(now + datetime.timedelta(days=3650))
-        .sign(private, hashes.SHA256())  # type: ignore[arg-type]
+        .sign(private, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.DER)
 
@@ -563,7 +563,7 @@ def test_psychic_ecdsa_signature(forge: type[Forge], clock: Clock, rejected: Rej
     assert private is not None
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    der = private.sign(b"x", ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg, union-attr]
+    der = private.sign(b"x", ec.ECDSA(hashes.SHA256()))
     rejected(verifier, forge.compact({"alg": "ES256", "kid": "e"}, claims(), der), "invalid_token")
 
 

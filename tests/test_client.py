@@ -190,7 +190,7 @@ def test_secret_from_environment_and_file(
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET + "\n")
     for source in ({"client_secret_env": "WORKER_SECRET"}, {"client_secret_file": secret_file}):
-        creds = Credentials(idp.token_url, "worker", **source)  # type: ignore[arg-type]
+        creds = Credentials(idp.token_url, "worker", **source)
         assert SECRET not in repr(creds)
         with httpx.Client(auth=ClientCredentialsAuth(creds, clock=clock)) as client:
             assert client.get(api.url).status_code == 200
@@ -269,12 +269,15 @@ def test_per_api_tokens_never_cross(clock: Clock) -> None:
 
 
 def test_one_token_per_scope_and_audience(idp: IssuerServer, api: Api, clock: Clock) -> None:
-    base = {"client_secret": SECRET}
     auth = ClientCredentialsAuth(
         {
-            api.url + "/read": Credentials(idp.token_url, "worker", scope="plots:read", **base),
-            api.url + "/write": Credentials(idp.token_url, "worker", scope="plots:write", **base),
-            api.url + "/other": Credentials(idp.token_url, "worker", audience="other-api", **base),
+            api.url + "/read": Credentials(idp.token_url, "worker", scope="plots:read", client_secret=SECRET),
+            api.url + "/write": Credentials(
+                idp.token_url, "worker", scope="plots:write", client_secret=SECRET
+            ),
+            api.url + "/other": Credentials(
+                idp.token_url, "worker", audience="other-api", client_secret=SECRET
+            ),
         },
         clock=clock,
     )

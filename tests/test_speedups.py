@@ -26,9 +26,10 @@ from gatekeeper.revocation import Revocation, Revocations
 from gatekeeper.rules import Rule
 
 try:
-    from gatekeeper._speedups import probe as probe_c
+    from gatekeeper import _speedups
 except ImportError:  # no compiler where the package was installed
-    probe_c = None
+    _speedups = None  # type: ignore[assignment]
+probe_c = None if _speedups is None else _speedups.probe
 
 Probe = Callable[[Any, Any, float, Any, Rule], Any]
 IMPLEMENTATIONS = [pytest.param(probe_py, id="python")]

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 from conftest import Clock
+from joserfc.jws import JWSRegistry
 
 from gatekeeper import AuthError, Issuer, Verifier, load_issuers
 from gatekeeper.devserver import IssuerServer
 from gatekeeper.issuer import DevIssuer
-from gatekeeper.jws import JWSRegistry
 
 
 @pytest.fixture

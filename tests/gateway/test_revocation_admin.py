@@ -249,6 +249,7 @@ def test_redis_store_through_the_admin_endpoint(
         with TestClient(first.ops) as client:
             assert client.post("/revocations", json={"sub": "alice"}).status_code == 201
             assert client.get("/readyz").json()["revocation"]["status"] == "ok"
+        assert second.config.revocation is not None
         store = second.config.revocation.runtime_for(second.verifier).store
         deadline = time.monotonic() + 10
         while kind_of(second, token) is None and time.monotonic() < deadline:
@@ -297,6 +298,8 @@ def test_redis_password_from_env(tmp_path: Path, issuer: DevIssuer, monkeypatch:
         )
     )
     config = load_config(path)
+    assert config.revocation is not None
+    assert config.revocation.redis is not None
     assert config.revocation.redis.password == "pw-from-env"
     assert config.revocation.redis.url == "rediss://cache.internal:6380/2"
     assert "pw-from-env" not in repr(config.revocation)
@@ -333,6 +336,7 @@ def test_every_redis_key_reaches_the_store(tmp_path: Path, issuer: DevIssuer) ->
         )
     )
     settings = load_config(path).revocation
+    assert settings is not None
     runtime = settings.open(start=False)
     try:
         store = runtime.store
@@ -360,6 +364,7 @@ def test_fail_closed_stale_mirror_makes_readyz_503(tmp_path: Path, issuer: DevIs
         '[revocation]\nstore = "redis"\n[revocation.redis]\n'
         f'url = "redis://127.0.0.1:{free_port()}/0"\ntimeout = 0.2\nstale_after = 30\non_stale = "closed"',
     )
+    assert gw.config.revocation is not None
     runtime = gw.config.revocation.runtime_for(gw.verifier)
     store = runtime.store
     token = issuer.mint()
