@@ -50,7 +50,7 @@ from ..decision import Allow, Deny, Gate
 from ..errors import AuthError
 from ..responses import ErrorProfile, ErrorResponse
 from ..rules import compile_pattern
-from .hop import Headers, strip_hop_by_hop
+from .hop import HOP_BY_HOP, Headers, strip_hop_by_hop
 from .identity import IdentityHeaders
 from .paths import PathRejected, normalise_path
 from .record import Reporter, RequestRecord, logged_query, token_fingerprint
@@ -314,7 +314,7 @@ class ReverseProxy:
             await self._fail(send, record, 404, "no_upstream", "No upstream serves this path")
             return
         limit = self.settings.max_request_body
-        length = content_length(headers)
+        length, coded = body_framing(headers)
         if length == -1:
             record.error_kind = "bad_request"
             await self._render(send, record, AuthError("invalid_request", "Bad Content-Length"), 400)
@@ -327,7 +327,8 @@ class ReverseProxy:
             return
         self._in_flight += 1
         try:
-            await self._forward(scope, receive, send, record, result, upstream, path, length)
+            has_body = coded or (length is not None and length > 0)
+            await self._forward(scope, receive, send, record, result, upstream, path, length, has_body)
         finally:
             self._in_flight -= 1
 
@@ -344,13 +345,20 @@ class ReverseProxy:
         """The headers the upstream gets: hop-by-hop and client identity copies removed first,
         then Host, X-Forwarded-* and the verified identity added."""
         settings = upstream.settings
-        headers = strip_hop_by_hop(self.identity.strip_client_copies(scope["headers"]))
         client_host: bytes | None = None
         prior_for: list[bytes] = []
         prior_proto: bytes | None = None
         prior_host: bytes | None = None
+        named: set[bytes] = set()  # header names listed in Connection (hop-by-hop as well)
         out: Headers = []
-        for name, value in headers:
+        # One pass: hop-by-hop (hop.py's rule, inlined: this runs for every request), the
+        # headers the proxy sets itself, and Authorization.
+        for name, value in self.identity.strip_client_copies(scope["headers"]):
+            name = name.lower()
+            if name in HOP_BY_HOP or name.startswith(b"proxy-"):
+                if name == b"connection":
+                    named.update(token.strip().lower() for token in value.split(b",") if token.strip())
+                continue
             if name in _ALWAYS_DROPPED:
                 if name == b"host":
                     client_host = value
@@ -368,6 +376,12 @@ class ReverseProxy:
             if name == b"authorization" and not settings.forward_authorization:
                 continue
             out.append((name, value))
+        if named:  # (rare) the headers Connection names are dropped as if never sent
+            out = [(name, value) for name, value in out if name not in named]
+            client_host = None if b"host" in named else client_host
+            prior_for = [] if b"x-forwarded-for" in named else prior_for
+            prior_proto = None if b"x-forwarded-proto" in named else prior_proto
+            prior_host = None if b"x-forwarded-host" in named else prior_host
         out.append((b"host", client_host if settings.host == "forward" and client_host else upstream.netloc))
         if settings.x_forwarded != "off":
             client = scope.get("client")
@@ -404,19 +418,17 @@ class ReverseProxy:
         upstream: _Upstream,
         path: str,
         length: int | None,
+        has_body: bool,
     ) -> None:
         headers = self.upstream_headers(scope, allow, upstream)
         target = self.upstream_target(upstream, path, scope.get("query_string", b""))
-        has_body = (length is not None and length > 0) or any(
-            name == b"transfer-encoding" for name, _ in scope["headers"]
-        )
         # (a body without Content-Length is sent chunked: the connection frames it)
         content = self._request_body(receive, self.settings.max_request_body) if has_body else None
         total = upstream.settings.total_timeout
         deadline = anyio.current_time() + total if total is not None else float("inf")
         sent = time.perf_counter()
         try:
-            with _deadline(deadline):
+            with _deadline.at(deadline):
                 response = await self.transport.exchange(
                     scope["method"].encode("ascii"),
                     upstream.origin,
@@ -458,8 +470,8 @@ class ReverseProxy:
                     "headers": strip_hop_by_hop(response.headers, _STAMPED),
                 }
             )
-            size = content_length(response.headers)
-            with _deadline(deadline):
+            size, _ = body_framing(response.headers)
+            with _deadline.at(deadline):
                 if size is not None and 0 <= size <= _SMALL_BODY:
                     await _relay(response, send)
                 else:
@@ -524,6 +536,12 @@ class _deadline:
         self.deadline = deadline
         self._scope: anyio.CancelScope | None = None
 
+    @staticmethod
+    def at(deadline: float) -> _deadline:
+        """A context for ``deadline``; the shared no-op one when there is none (the default:
+        no object per request)."""
+        return _deadline(deadline) if deadline != float("inf") else _UNBOUNDED
+
     def __enter__(self) -> None:
         if self.deadline != float("inf"):
             self._scope = anyio.CancelScope(deadline=self.deadline)
@@ -538,6 +556,9 @@ class _deadline:
         return suppressed
 
 
+_UNBOUNDED: Final = _deadline(float("inf"))  # stateless: its _scope stays None
+
+
 def client_id_of(claims: Any) -> str | None:
     """The client for the access log: the first string among ``client_id`` and ``azp`` (the
     forward-auth endpoint's rule, so both doors log the same client for the same token)."""
@@ -548,18 +569,23 @@ def client_id_of(claims: Any) -> str | None:
     return None
 
 
-def content_length(headers: Any) -> int | None:
-    """The Content-Length value; None when absent, -1 when malformed or repeated differently."""
+def body_framing(headers: Any) -> tuple[int | None, bool]:
+    """One pass over the headers: the Content-Length value (None when absent, -1 when malformed
+    or repeated differently) and whether a Transfer-Encoding header is present."""
     found: int | None = None
+    coded = False
     for name, value in headers:
-        if name.lower() == b"content-length":
+        name = name.lower()
+        if name == b"content-length":
             if not value.strip().isdigit():
-                return -1
+                return -1, coded
             number = int(value)
             if found is not None and found != number:
-                return -1
+                return -1, coded
             found = number
-    return found
+        elif name == b"transfer-encoding":
+            coded = True
+    return found, coded
 
 
 async def send_rendered(send: Send, rendered: ErrorResponse) -> None:

@@ -461,6 +461,29 @@ def test_x_forwarded_append_keeps_the_chain(make_proxy: MakeProxy) -> None:
     assert seen["x-forwarded-host"] == ["api.example"]
 
 
+def test_forwarding_headers_named_in_connection_count_as_never_sent(make_proxy: MakeProxy) -> None:
+    # Hop-by-hop by the client's Connection header: not part of the chain, not the Host passed on.
+    proxy = make_proxy(x_forwarded="append", host="forward")
+    names = "X-Forwarded-For, x-forwarded-proto, X-Forwarded-Host, Host, Forwarded"
+    response = proxy.get(
+        "/open/x",
+        headers={
+            "Connection": f"keep-alive, {names}",
+            "Host": "api.example",
+            "X-Forwarded-For": "203.0.113.9",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "chosen.example",
+            "Forwarded": "for=203.0.113.9",
+        },
+    )
+    seen = seen_headers(response)
+    assert seen["x-forwarded-for"] == ["127.0.0.1"]
+    assert seen["x-forwarded-proto"] == ["http"]
+    assert "x-forwarded-host" not in seen
+    assert "forwarded" not in seen
+    assert seen["host"] == [proxy.app.upstream_for("/x").netloc.decode()]  # type: ignore[union-attr]
+
+
 def test_x_forwarded_append_without_prior_values_sets_them(make_proxy: MakeProxy) -> None:
     seen = seen_headers(make_proxy(x_forwarded="append").get("/open/x"))
     assert seen["x-forwarded-for"] == ["127.0.0.1"]
