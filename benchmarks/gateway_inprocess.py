@@ -20,11 +20,20 @@ per request across rounds and each variant's throughput ratio to ``bare`` (``bar
 us``: 1.0x is as fast as the bare endpoint) from those medians. This isolates the Python cost a
 server stack adds on top of; benchmarks/gateway.py measures the same endpoint over HTTP with wrk.
 
+A second table (``--stacks``, default ``h11,httptools``) puts uvicorn's own protocol class in
+front of both apps, still without sockets: the bytes wrk sends are fed to ``H11Protocol`` /
+``HttpToolsProtocol`` through an in-memory transport, so the request parsing, the ASGI scope and
+the response head (every response header validated and written) are measured too, as uvicorn
+configures them in ``gatekeeper serve`` (no ``Server`` header) and in the wrk benchmark's bare
+app (uvicorn's defaults: ``Server: uvicorn``), each with uvicorn's ``Date`` header. This is
+the per-request CPU the wrk numbers divide, without the kernel's loopback and wrk's noise.
+
 Run::
 
     .venv/bin/python benchmarks/gateway_inprocess.py              # 7 rounds x 20,000 requests
     .venv/bin/python benchmarks/gateway_inprocess.py --quick      # smoke run
     .venv/bin/python benchmarks/gateway_inprocess.py --profile    # plus a cProfile of the decision
+    .venv/bin/python benchmarks/gateway_inprocess.py --stacks ''  # the app-only table alone
 
 Exit 1: the gateway did not answer the request with a 200 carrying the identity headers.
 """
@@ -40,10 +49,13 @@ import statistics
 import sys
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from email.utils import formatdate
 from typing import Any
 
+import uvicorn
 from _common import realistic_token, table
+from uvicorn.server import ServerState
 
 from gatekeeper.gateway.app import build_gateway
 from gatekeeper.gateway.config import read_config
@@ -145,7 +157,104 @@ class Caller:
         return start["status"], dict(start["headers"])
 
 
-def measure(callers: dict[str, Caller], rounds: int, requests: int) -> dict[str, list[float]]:
+def wire_request(token: str) -> bytes:
+    """The request wrk sends for the decision leg of benchmarks/gateway.py."""
+    return (
+        b"GET /auth HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer " + token.encode("ascii")
+        + b"\r\nX-Original-Method: GET\r\nX-Original-URI: " + ORIGINAL_URI + b"\r\n\r\n"
+    )  # fmt: skip
+
+
+class Wire(asyncio.Transport):
+    """An in-memory transport: what the protocol writes is kept (the last response's bytes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class StackCaller:
+    """Feeds ``request`` to uvicorn's ``http`` protocol class (one keep-alive connection per
+    batch) in front of ``app``; a request is done when the app has returned."""
+
+    def __init__(self, app: App, http: str, request: bytes, *, server_header: bool) -> None:
+        self.request = request
+        self._done: asyncio.Future[None] | None = None
+
+        async def finished(scope: Any, receive: Any, send: Any) -> None:
+            await app(scope, receive, send)
+            if self._done is not None:
+                self._done.set_result(None)
+
+        self.config = uvicorn.Config(
+            finished, http=http, lifespan="off", access_log=False, proxy_headers=False,
+            interface="asgi3", log_config=None, server_header=server_header,
+        )  # fmt: skip
+        self.config.load()
+        self.last = b""
+
+    def _connect(self, loop: asyncio.AbstractEventLoop) -> tuple[Any, Wire]:
+        state = ServerState()
+        # What uvicorn's Server sets every second: the Date header, then Server if configured.
+        state.default_headers = [(b"date", formatdate(usegmt=True).encode()), *self.config.encoded_headers]
+        protocol: Callable[..., Any] = self.config.http_protocol_class
+        connection = protocol(config=self.config, server_state=state, app_state={}, _loop=loop)
+        wire = Wire()
+        connection.connection_made(wire)
+        return connection, wire
+
+    async def batch(self, n: int) -> float:
+        """Microseconds per request over ``n`` requests on one connection."""
+        loop = asyncio.get_running_loop()
+        connection, wire = self._connect(loop)
+        request = self.request
+        try:
+            started = time.perf_counter()
+            for _ in range(n):
+                self._done = loop.create_future()
+                connection.data_received(request)
+                await self._done
+                wire.written.clear()
+            elapsed = time.perf_counter() - started
+            # one more, kept: the answer as the client gets it
+            self._done = loop.create_future()
+            connection.data_received(request)
+            await self._done
+            await asyncio.sleep(0)  # the protocol's own steps after the app returned
+            self.last = bytes(wire.written)
+        finally:
+            self._done = None
+            connection.connection_lost(None)
+        return elapsed / n * 1e6
+
+    async def answer(self) -> tuple[int, dict[bytes, bytes]]:
+        await self.batch(1)
+        head = self.last.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        status = int(head[0].split()[1])
+        headers = dict(line.split(b": ", 1) for line in head[1:])
+        return status, {name.lower(): value for name, value in headers.items()}
+
+
+def measure(callers: dict[str, Any], rounds: int, requests: int) -> dict[str, list[float]]:
     """Interleaved rounds: every variant runs ``requests`` requests once per round."""
     loop = asyncio.new_event_loop()
     samples: dict[str, list[float]] = {name: [] for name in callers}
@@ -166,7 +275,7 @@ def measure(callers: dict[str, Caller], rounds: int, requests: int) -> dict[str,
     return samples
 
 
-def check(callers: dict[str, Caller]) -> None:
+def check(callers: dict[str, Any]) -> None:
     """Every variant answers 200; the gateway's answers carry the verified identity."""
     loop = asyncio.new_event_loop()
     try:
@@ -174,7 +283,7 @@ def check(callers: dict[str, Caller]) -> None:
             status, headers = loop.run_until_complete(caller.answer())
             if status != 200:
                 raise SystemExit(f"{name} answered {status}, not 200")
-            if name != "bare" and headers.get(b"x-auth-subject") != b"client-123":
+            if not name.startswith("bare") and headers.get(b"x-auth-subject") != b"client-123":
                 raise SystemExit(f"{name} did not send the verified identity headers")
     finally:
         loop.close()
@@ -198,6 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=20_000, help="requests per variant per round")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the metrics-on decision")
+    parser.add_argument(
+        "--stacks",
+        default="h11,httptools",
+        help="uvicorn protocol classes for the second table (comma-separated; '' for none)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.requests = 2, 300
@@ -233,9 +347,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\ndecision / bare (metrics on): {bare / medians['decision (metrics on)']:.2f}x; "
         f"(metrics off): {bare / medians['decision (metrics off)']:.2f}x"
     )
+    stacks = [stack for stack in args.stacks.split(",") if stack]
+    if stacks:
+        print()
+        print(stack_table(issuer, token, stacks, args.rounds, args.requests))
     if args.profile:
         profile(callers["decision (metrics on)"], args.requests)
     return 0
+
+
+def stack_table(issuer: DevIssuer, token: str, stacks: Sequence[str], rounds: int, requests: int) -> str:
+    """The second table: both apps behind uvicorn's protocol classes, fed in memory."""
+    request = wire_request(token)
+    callers: dict[str, Any] = {}
+    for stack in stacks:
+        callers[f"bare ({stack})"] = StackCaller(bare_app(), stack, request, server_header=True)
+        gateway = gateway_app(issuer, metrics=True)
+        callers[f"decision, metrics on ({stack})"] = StackCaller(gateway, stack, request, server_header=False)
+    check(callers)
+    sizes = {name: len(caller.last) for name, caller in callers.items()}
+    heads = {name: caller.last.count(b"\r\n") - 2 for name, caller in callers.items()}
+    samples = measure(callers, rounds, requests)
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    rows = []
+    for stack in stacks:
+        bare = medians[f"bare ({stack})"]
+        for name in (f"bare ({stack})", f"decision, metrics on ({stack})"):
+            rows.append(
+                [
+                    name,
+                    str(heads[name]),
+                    str(sizes[name]),
+                    f"{medians[name]:.1f}",
+                    f"{min(samples[name]):.1f}",
+                    f"{bare / medians[name]:.2f}x",
+                ]
+            )
+    lines = [
+        f"## The same request through uvicorn's protocol classes, in memory: {rounds} interleaved rounds"
+        f" x {requests:,} requests",
+        "",
+        table(
+            ["variant", "response headers", "response bytes", "median us/request", "best us", "vs bare"], rows
+        ),
+        "",
+    ]
+    for stack in stacks:
+        ratio = medians[f"bare ({stack})"] / medians[f"decision, metrics on ({stack})"]
+        lines.append(f"decision / bare through {stack}: {ratio:.2f}x")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,15 @@ def test_quick_run_prints_the_table_and_the_ratios() -> None:
     for variant in ("bare", "decision (metrics off)", "decision (metrics on)"):
         assert re.search(rf"^\| {re.escape(variant)} +\| \d+\.\d +\|", out, re.MULTILINE), variant
     assert re.search(r"decision / bare \(metrics on\): \d+\.\d\dx; \(metrics off\): \d+\.\d\dx", out)
+    # the second table: both apps behind uvicorn's protocol classes, fed in memory; the header
+    # counts are read from the bytes each protocol wrote (bare: date, server, content-length;
+    # the allow: date, 4 identity headers, X-Gatekeeper-Uri, no-store, content-length)
+    assert "through uvicorn's protocol classes, in memory" in out
+    for stack in ("h11", "httptools"):
+        assert re.search(rf"^\| bare \({stack}\) +\| 3 +\| \d+ +\| \d+\.\d +\|", out, re.MULTILINE), stack
+        decision = rf"^\| decision, metrics on \({stack}\) +\| 8 +\| \d+ +\| \d+\.\d +\|"
+        assert re.search(decision, out, re.MULTILINE), stack
+        assert re.search(rf"^decision / bare through {stack}: \d+\.\d\dx$", out, re.MULTILINE), stack
 
 
 def test_the_wrk_benchmarks_nice_option_reaches_its_processes() -> None:
