@@ -26,7 +26,9 @@ rounds, ratios computed from those medians of the same run):
 2. nginx + auth_request -> gatekeeper -> upstream vs nginx -> upstream: the ratio is reported.
 3. gatekeeper reverse proxy -> upstream vs the upstream directly: target >= 0.45x on the
    default stack as shipped (asyncio + httptools); reported on asyncio + h11 and
-   uvloop + httptools too, with nginx ``proxy_pass`` as the ceiling.
+   uvloop + httptools too, with nginx ``proxy_pass`` as the ceiling and a minimal ASGI proxy
+   (:func:`minimal_proxy_app`: gatekeeper's upstream client, nothing else) as the floor of
+   any ASGI proxy on the default stack.
 4. memory: RSS of a fresh ``gatekeeper serve`` (cache_size 10,000) after ``--requests``
    decisions cycling through ``--tokens`` distinct ES256 tokens (every one a cache miss once the
    cycle is longer than the cache), against the RSS once the cache is full;
@@ -140,11 +142,52 @@ def bare_app() -> Any:
     return Starlette(routes=[Route("/auth", allow)])
 
 
-def serve(role: str, port: int, stack: str) -> None:
+def minimal_proxy_app(upstream_port: int) -> Any:
+    """The floor of an ASGI reverse proxy on this stack: every request forwarded as it came
+    (method, path, headers) through gatekeeper's own upstream client, the response relayed
+    as it came; no decision, no header rewriting, no record. What this reaches against the
+    upstream bounds what any ASGI proxy served by uvicorn can reach here."""
+    from gatekeeper.gateway.upstream_pool import Timeouts, UpstreamPool
+
+    origin = ("http", "127.0.0.1", upstream_port)
+    timeouts = Timeouts()
+    pools: list[UpstreamPool] = []  # made in the server's loop, at the first request
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if not pools:
+            pools.append(UpstreamPool(100))
+        pool = pools[0]
+        method = scope["method"].encode()
+        response = await pool.exchange(
+            method, origin, scope["raw_path"], scope["headers"], None, None, timeouts
+        )
+        try:
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": response.headers}
+            )
+            while chunk := await response.read():
+                more = not response.complete
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+                if not more:
+                    return
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            pool.release(response)
+
+    return app
+
+
+def serve(role: str, port: int, stack: str, upstream_port: int | None = None) -> None:
     import uvicorn
 
     loop, http_impl = STACKS[stack]
-    app = upstream_app if role == "upstream" else bare_app()
+    if role == "minimal-proxy":
+        assert upstream_port is not None
+        app = minimal_proxy_app(upstream_port)
+    else:
+        app = upstream_app if role == "upstream" else bare_app()
     uvicorn.run(
         app, host="127.0.0.1", port=port, loop=loop, http=http_impl, log_level="warning",
         access_log=False, proxy_headers=False, lifespan="off",
@@ -233,7 +276,7 @@ class Process:
                 self.proc.wait()
 
 
-def python_role(name: str, role: str, stack: str, logs: Path) -> Process:
+def python_role(name: str, role: str, stack: str, logs: Path, upstream: Process | None = None) -> Process:
     port = free_port()
     cmd = [
         sys.executable,
@@ -245,6 +288,8 @@ def python_role(name: str, role: str, stack: str, logs: Path) -> Process:
         "--stack",
         stack,
     ]
+    if upstream is not None:
+        cmd += ["--upstream-port", str(upstream.port)]
     return Process(name, cmd, port, logs)
 
 
@@ -667,6 +712,11 @@ def throughput_legs(
     gks = {s: start(gatekeeper(f"gatekeeper-{s}", s, issuer, upstreams[s], logs)) for s in upstreams}
     for p in gks.values():
         p.wait_ready()
+    minimal = None
+    if not args.decision_only:
+        up = upstreams[DEFAULT_STACK]
+        minimal = start(python_role("minimal-proxy", "minimal-proxy", DEFAULT_STACK, logs, up))
+        minimal.wait_ready()
     ngx = None if args.decision_only else nginx(gks["httptools"], upstreams["httptools"], logs)
     if ngx is not None:
         start(ngx[0]).wait_ready()
@@ -723,6 +773,16 @@ def throughput_legs(
                 [gks[s], upstreams[s]],
             ),
         ]
+    if minimal is not None:
+        variants.append(
+            Variant(
+                "minimal-proxy",
+                f"minimal ASGI proxy -> upstream ({STACK_NAMES[DEFAULT_STACK]}): the ASGI floor",
+                minimal.url + ORIGINAL_URI,
+                plain_lua,
+                [minimal, upstreams[DEFAULT_STACK]],
+            )
+        )
     if ngx is not None:
         nginx_proc, auth_port, direct_port = ngx
         check(auth_port, ORIGINAL_URI, auth, 200, "nginx auth_request")
@@ -747,7 +807,9 @@ def throughput_legs(
     if args.decision_only:
         variants = [v for v in variants if v.key.startswith(("bare-", "decision-"))]
     if args.proxy_only:
-        variants = [v for v in variants if v.key.startswith(("upstream-", "proxy-", "nginx-direct"))]
+        variants = [
+            v for v in variants if v.key.startswith(("upstream-", "proxy-", "minimal-", "nginx-direct"))
+        ]
     by_key = {v.key: v for v in variants}
 
     for _ in range(args.rounds):
@@ -795,6 +857,8 @@ def throughput_legs(
     )
     print()
     proxy_rows = [row(by_key[f"{k}-{s}"]) for s in STACKS for k in ("upstream", "proxy")]
+    if minimal is not None:
+        proxy_rows.append(row(by_key["minimal-proxy"]))
     if ngx is not None:
         proxy_rows.append(row(by_key["nginx-direct"]))
     print(table(headers, proxy_rows))
@@ -810,6 +874,14 @@ def throughput_legs(
         )
         ratios.append(cells)
         ok &= fine
+    if minimal is not None:
+        cells, _ = ratio_row(
+            f"minimal ASGI proxy / upstream ({STACK_NAMES[DEFAULT_STACK]}): the ASGI floor",
+            by_key["minimal-proxy"],
+            by_key[f"upstream-{DEFAULT_STACK}"],
+            None,
+        )
+        ratios.append(cells)
     if ngx is not None:
         cells, _ = ratio_row(
             "nginx proxy_pass / upstream (uvloop + httptools): the ceiling",
@@ -851,12 +923,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run this script, the servers it starts and wrk at this niceness (negative: root only)",
     )
     parser.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
-    parser.add_argument("--serve", choices=("upstream", "bare"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=("upstream", "bare", "minimal-proxy"), help=argparse.SUPPRESS)
+    parser.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--stack", choices=tuple(STACKS), default="h11", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.port, args.stack)
+        serve(args.serve, args.port, args.stack, args.upstream_port)
         return 0
     if args.nice < 0 and os.geteuid() != 0:
         parser.error("a negative --nice needs root")
