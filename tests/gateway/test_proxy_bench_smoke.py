@@ -33,6 +33,11 @@ def test_proxy_only_runs_leg_three_alone() -> None:
     )
     assert len(re.findall(judged, out, re.MULTILINE)) == 1
     assert len(re.findall(r"^\| gatekeeper proxy / upstream .*\| (?:PASS|MISS) +\|$", out, re.MULTILINE)) == 1
+    # The floor: a minimal ASGI proxy on the default stack, reported, not judged.
+    assert "| minimal ASGI proxy -> upstream (asyncio + httptools): the ASGI floor " in out
+    assert re.search(
+        r"^\| minimal ASGI proxy / upstream \(asyncio \+ httptools\): .*\| - +\|$", out, re.MULTILINE
+    )
     assert "## Decision endpoint" not in out
     assert "auth_request" not in out
     assert "## Memory" not in out
