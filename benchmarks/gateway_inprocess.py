@@ -34,6 +34,9 @@ Run::
     .venv/bin/python benchmarks/gateway_inprocess.py --quick      # smoke run
     .venv/bin/python benchmarks/gateway_inprocess.py --profile    # plus a cProfile of the decision
     .venv/bin/python benchmarks/gateway_inprocess.py --stacks ''  # the app-only table alone
+    # instructions per request of the second table's variants (deterministic, unlike the clock):
+    valgrind --tool=callgrind --callgrind-out-file=cg.out \
+        .venv/bin/python benchmarks/gateway_inprocess.py --callgrind cg.out --requests 300
 
 Exit 1: the gateway did not answer the request with a 200 carrying the identity headers.
 """
@@ -44,13 +47,16 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import os
 import pstats
 import statistics
+import subprocess
 import sys
 import time
 import tomllib
 from collections.abc import Callable, Sequence
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -308,6 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20_000, help="requests per variant per round")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the metrics-on decision")
     parser.add_argument(
+        "--callgrind",
+        metavar="OUT",
+        help="under valgrind --tool=callgrind --callgrind-out-file=OUT: count the second table's "
+        "instructions per request (counters zeroed around each variant's --requests)",
+    )
+    parser.add_argument(
         "--stacks",
         default="h11,httptools",
         help="uvicorn protocol classes for the second table (comma-separated; '' for none)",
@@ -319,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     issuer = DevIssuer(ISSUER)
     issuer.add_key("RS256")
     token = realistic_token(issuer, "RS256")
+    if args.callgrind:
+        stacks = [stack for stack in args.stacks.split(",") if stack]
+        print(callgrind_table(issuer, token, stacks, args.requests, args.callgrind))
+        return 0
     callers = {
         "bare": Caller(bare_app(), auth_scope(token)),
         "decision (metrics off)": Caller(gateway_app(issuer, metrics=False), auth_scope(token)),
@@ -356,14 +372,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def stack_table(issuer: DevIssuer, token: str, stacks: Sequence[str], rounds: int, requests: int) -> str:
-    """The second table: both apps behind uvicorn's protocol classes, fed in memory."""
+def stack_callers(issuer: DevIssuer, token: str, stacks: Sequence[str]) -> dict[str, StackCaller]:
+    """Per stack: the bare app as the wrk benchmark serves it, the gateway as serve does."""
     request = wire_request(token)
-    callers: dict[str, Any] = {}
+    callers: dict[str, StackCaller] = {}
     for stack in stacks:
         callers[f"bare ({stack})"] = StackCaller(bare_app(), stack, request, server_header=True)
         gateway = gateway_app(issuer, metrics=True)
         callers[f"decision, metrics on ({stack})"] = StackCaller(gateway, stack, request, server_header=False)
+    return callers
+
+
+def callgrind_table(issuer: DevIssuer, token: str, stacks: Sequence[str], requests: int, out: str) -> str:
+    """Instructions per request of each stack variant, from callgrind's own counters: zeroed
+    after a warm-up, dumped after ``requests`` requests (``callgrind_control``), read back from
+    the numbered dump files ``OUT.1``, ``OUT.2``, ... The first dump has no requests: what the
+    two ``callgrind_control`` calls cost this process, taken off every variant's count."""
+    if not any("vgpreload" in line for line in Path("/proc/self/maps").read_text().splitlines()):
+        raise SystemExit("--callgrind: run this under valgrind --tool=callgrind --callgrind-out-file=OUT")
+    callers = stack_callers(issuer, token, stacks)
+    check(callers)
+    loop = asyncio.new_event_loop()
+
+    def counted(dump: int, work: Callable[[], object]) -> int:
+        subprocess.run(["callgrind_control", "-z", str(os.getpid())], capture_output=True, check=True)
+        work()
+        subprocess.run(["callgrind_control", "-d", str(os.getpid())], capture_output=True, check=True)
+        lines = Path(f"{out}.{dump}").read_text().splitlines()
+        return int(next(line for line in lines if line.startswith(("summary:", "totals:"))).split()[1])
+
+    counts: dict[str, float] = {}
+    try:
+        overhead = counted(1, lambda: None)
+        for dump, (name, caller) in enumerate(callers.items(), start=2):
+            loop.run_until_complete(caller.batch(50))
+            total = counted(dump, lambda: loop.run_until_complete(caller.batch(requests)))  # noqa: B023
+            counts[name] = (total - overhead) / requests
+    finally:
+        loop.close()
+    rows = []
+    for stack in stacks:
+        bare = counts[f"bare ({stack})"]
+        for name in (f"bare ({stack})", f"decision, metrics on ({stack})"):
+            rows.append([name, f"{counts[name]:,.0f}", f"{bare / counts[name]:.3f}x"])
+    return "\n".join(
+        [
+            "## Instructions per request through uvicorn's protocol classes"
+            f" (callgrind, {requests:,} requests per variant)",
+            "",
+            table(["variant", "instructions/request", "vs bare"], rows),
+        ]
+    )
+
+
+def stack_table(issuer: DevIssuer, token: str, stacks: Sequence[str], rounds: int, requests: int) -> str:
+    """The second table: both apps behind uvicorn's protocol classes, fed in memory."""
+    callers = stack_callers(issuer, token, stacks)
     check(callers)
     sizes = {name: len(caller.last) for name, caller in callers.items()}
     heads = {name: caller.last.count(b"\r\n") - 2 for name, caller in callers.items()}

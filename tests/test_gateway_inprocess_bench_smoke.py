@@ -58,3 +58,46 @@ def test_the_wrk_benchmarks_nice_option_reaches_its_processes() -> None:
     assert result.returncode == 0, f"exit {result.returncode}:\n{result.stdout}\n{result.stderr}"
     assert "servers and wrk at nice 3;" in result.stdout
     assert "| gatekeeper /auth, cached token (asyncio + h11) " in result.stdout
+
+
+def test_callgrind_mode_refuses_to_run_outside_valgrind() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "gateway_inprocess.py"),
+            "--callgrind",
+            "cg.out",
+            "--requests",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=BENCHMARKS.parent,
+    )
+    assert result.returncode == 1
+    assert "run this under valgrind --tool=callgrind" in result.stderr
+
+
+def test_callgrind_mode_counts_instructions_per_request(tmp_path: Path) -> None:
+    import shutil
+
+    import pytest
+
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        pytest.skip("valgrind is not installed (apt-get install valgrind)")
+    out = tmp_path / "cg.out"
+    result = subprocess.run(
+        [
+            "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+            str(BENCHMARKS / "gateway_inprocess.py"), "--callgrind", str(out), "--requests", "3",
+            "--stacks", "httptools",
+        ],
+        capture_output=True, text=True, timeout=600, check=False, cwd=BENCHMARKS.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, f"exit {result.returncode}:\n{result.stdout}\n{result.stderr[-2000:]}"
+    assert "Instructions per request through uvicorn's protocol classes" in result.stdout
+    for variant in ("bare (httptools)", "decision, metrics on (httptools)"):
+        row = rf"^\| {re.escape(variant)} +\| [\d,]+ +\| \d\.\d{{3}}x +\|"
+        assert re.search(row, result.stdout, re.MULTILINE), variant
