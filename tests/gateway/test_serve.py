@@ -24,6 +24,7 @@ from upstream import ServerThread, Upstream
 from gatekeeper.devserver import IssuerServer
 from gatekeeper.errors import ERROR_KINDS
 from gatekeeper.gateway.metrics import FLUSH_INTERVAL
+from gatekeeper.gateway.server import MIN_WORKER_LIFETIME
 from gatekeeper.issuer import DevIssuer
 from gatekeeper.redact import fingerprint
 
@@ -359,6 +360,7 @@ def test_readyz_under_two_workers_is_ready_only_when_every_worker_has_keys(
             return httpx.get(gateway.ops_url + "/readyz", headers={"connection": "close"})
 
         ready = gateway.wait_for("/readyz", 200)
+        both_ready = time.monotonic()  # later than the supervisor started either worker
         assert ready.json()["workers"] == {
             "ready": True,
             "expected": 2,
@@ -373,6 +375,9 @@ def test_readyz_under_two_workers_is_ready_only_when_every_worker_has_keys(
         issuer.status = 503
         killed = min(pids)
         survivor = max(pids)
+        # The supervisor (another process, on its real clock) takes a worker that dies sooner
+        # than MIN_WORKER_LIFETIME after starting for a startup failure and stops: outlive it.
+        threading.Event().wait(max(0.0, both_ready + MIN_WORKER_LIFETIME + 0.2 - time.monotonic()))
         os.kill(killed, signal.SIGKILL)
         for _ in range(400):
             if len(set(re.findall(r"Started server process \[(\d+)\]", gateway.stderr()))) == 3:
