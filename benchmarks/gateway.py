@@ -455,7 +455,7 @@ class Variant:
     results: list[WrkResult] = field(default_factory=list)
 
     def median(self, attr: str) -> float:
-        return statistics.median(getattr(r, attr) for r in self.results)
+        return float(statistics.median(getattr(r, attr) for r in self.results))
 
 
 @dataclass(frozen=True)
@@ -957,7 +957,12 @@ def run(args: argparse.Namespace) -> int:
         stack.enter_context(issuer)
         token = realistic_token(issuer.issuer, "RS256")
         processes: list[Process] = []
-        stack.callback(lambda: [p.stop() for p in reversed(processes)])
+
+        def stop_all() -> None:
+            for process in reversed(processes):
+                process.stop()
+
+        stack.callback(stop_all)
 
         def start(process: Process) -> Process:
             processes.append(process)

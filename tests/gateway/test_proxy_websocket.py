@@ -14,6 +14,7 @@ import pytest
 from upstream import ServerThread, Upstream, free_port
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 from gatekeeper.bearer import BearerSource
 from gatekeeper.decision import Gate
@@ -102,7 +103,7 @@ def test_allowed_handshake_is_relayed_with_identity_and_messages_flow_both_ways(
         async with connect(
             ws_url(server, "/chat/room?bearer_token=" + token + "&x=1"),
             additional_headers={"X-Auth-Subject": "admin", "X_Auth_Subject": "admin2"},
-            subprotocols=["chat.v1", "chat.v2"],
+            subprotocols=[Subprotocol("chat.v1"), Subprotocol("chat.v2")],
         ) as ws:
             handshake = json.loads(await ws.recv())
             await ws.send("hello")

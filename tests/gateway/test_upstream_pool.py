@@ -136,7 +136,11 @@ def test_an_upstream_that_stops_reading_the_body_makes_the_sender_wait_then_time
             await pool.exchange(b"POST", origin(raw.port), b"/", headers, body(), None, timeouts)
 
     release = threading.Event()
-    with RawUpstream(lambda *_: release.wait(10) and None) as raw:  # reads the head only
+
+    def hold(*_: object) -> None:  # reads the head only, answers nothing until released
+        release.wait(10)
+
+    with RawUpstream(hold) as raw:
         try:
             run(test)
         finally:
