@@ -34,6 +34,7 @@ from .proxy import ProxySettings, UpstreamRoute, UpstreamSettings
 from .revocation_config import RevocationSettings
 from .revocation_config import read as read_revocation
 from .schema import REQUIRED, ConfigError, Secret, Table, default_of, load
+from .upstream_tls import TLS_FILE_KEYS, TLSFileError, UpstreamTLS
 
 #: Methods a rule may name; anything else is a typo that would make the rule never match.
 HTTP_METHODS: Final = frozenset(
@@ -400,10 +401,30 @@ def _identity(root: Table) -> IdentityHeaders:
 def _upstreams(root: Table) -> dict[str, UpstreamSettings]:
     found: dict[str, UpstreamSettings] = {}
     for name, table in root.named_tables("upstreams").items():
-        kwargs = read_fields(table, UpstreamSettings)
+        kwargs = read_fields(table, UpstreamSettings, skip=("tls",))
+        kwargs["tls"] = _upstream_tls(table, kwargs["url"])
         table.finish()
         found[name] = table.build(None, lambda kwargs=kwargs: UpstreamSettings(**kwargs))  # type: ignore[misc]
     return found
+
+
+def _upstream_tls(table: Table, url: str) -> UpstreamTLS | None:
+    """An upstream's ``ca_file``, ``client_cert`` and ``client_key`` (paths relative to the
+    config file), read and checked now; None when none is set."""
+    base = Path(table.file).resolve().parent
+    files: dict[str, str] = {}
+    for key in TLS_FILE_KEYS:
+        value = table.string(key, None)
+        if value is not None:
+            files[key] = str(base / value)  # an absolute value stays as it is
+    if not files:
+        return None
+    if not url.startswith("https:"):
+        raise table.error(next(iter(files)), "TLS files are for an https:// upstream")
+    try:
+        return UpstreamTLS(**files)
+    except TLSFileError as exc:
+        raise table.error(exc.key, str(exc)) from None
 
 
 def _proxy(

@@ -37,6 +37,7 @@ Settings are plain frozen dataclasses (``config.py`` builds them from TOML). The
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -51,12 +52,13 @@ from ..errors import AuthError
 from ..responses import ErrorProfile, ErrorResponse
 from ..rules import compile_pattern
 from .hop import HOP_BY_HOP, Headers, strip_hop_by_hop
-from .identity import IdentityHeaders
+from .identity import IdentityHeaders, client_id_of
 from .paths import PathRejected, normalise_path
 from .record import Reporter, RequestRecord, logged_query, token_fingerprint
 from .upstream_conn import UpstreamConnection
 from .upstream_errors import PoolTimeout, UnsafeRequest, UpstreamError, UpstreamTimeout
-from .upstream_pool import Timeouts, UpstreamPool
+from .upstream_pool import Origin, Timeouts, UpstreamPool
+from .upstream_tls import UpstreamTLS
 
 HostMode = Literal["rewrite", "forward"]
 ForwardedMode = Literal["set", "append", "off"]
@@ -81,6 +83,9 @@ class UpstreamSettings:
       ``-Proto``/``-Host`` (behind a trusted proxy); ``"off"`` removes all three and adds none.
     - ``forward_authorization``: pass the client's ``Authorization`` header upstream (default:
       removed, the token goes no further than it must).
+    - ``tls``: for an ``https`` upstream, the CA file to trust instead of the system's store and
+      the client certificate to present (:class:`~.upstream_tls.UpstreamTLS`; None: the
+      system's trust store, no client certificate). Websockets to it use the same.
     """
 
     url: str
@@ -91,6 +96,7 @@ class UpstreamSettings:
     host: HostMode = "rewrite"
     x_forwarded: ForwardedMode = "set"
     forward_authorization: bool = False
+    tls: UpstreamTLS | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +128,9 @@ class ProxySettings:
     max_in_flight: int = 1024
     pool_size: int = 100
     websockets: bool = True
+
+    def __post_init__(self) -> None:
+        _tls_by_origin(self)  # upstreams sharing an origin agree on TLS, or this is refused
 
 
 Send = Callable[[dict[str, Any]], Any]
@@ -194,6 +203,20 @@ class _Upstream:
         )
 
 
+def _tls_by_origin(settings: ProxySettings) -> dict[Origin, ssl.SSLContext]:
+    """Each https origin's TLS context, where its upstream configures one. The pool keeps
+    connections per origin, so two upstreams on one origin must agree on TLS."""
+    upstreams = [settings.upstream, *(route.upstream for route in settings.routes)]
+    chosen: dict[Origin, UpstreamTLS | None] = {}
+    for upstream in upstreams:
+        if upstream is None or not upstream.url.startswith("https:"):
+            continue
+        origin = _Upstream(upstream).origin
+        if chosen.setdefault(origin, upstream.tls) != upstream.tls:
+            raise ValueError(f"two upstreams on {upstream.url!r}'s origin have different tls settings")
+    return {origin: tls.context for origin, tls in chosen.items() if tls is not None}
+
+
 class ReverseProxy:
     """ASGI app: decide each request with ``gate``; deny in ``profile``'s shape; forward the
     allowed ones to their upstream, streaming both ways, with ``identity`` headers set from the
@@ -217,7 +240,7 @@ class ReverseProxy:
         self._routes = [(compile_pattern(route.path), _Upstream(route.upstream)) for route in settings.routes]
         self._token_params = frozenset(gate.source.query_params)
         self._in_flight = 0
-        self.transport = UpstreamPool(settings.pool_size)
+        self.transport = UpstreamPool(settings.pool_size, ssl_contexts=_tls_by_origin(settings))
 
     @property
     def in_flight(self) -> int:
@@ -557,16 +580,6 @@ class _deadline:
 
 
 _UNBOUNDED: Final = _deadline(float("inf"))  # stateless: its _scope stays None
-
-
-def client_id_of(claims: Any) -> str | None:
-    """The client for the access log: the first string among ``client_id`` and ``azp`` (the
-    forward-auth endpoint's rule, so both doors log the same client for the same token)."""
-    for name in ("client_id", "azp"):
-        value = claims.get(name)
-        if isinstance(value, str):
-            return value
-    return None
 
 
 def body_framing(headers: Any) -> tuple[int | None, bool]:

@@ -16,8 +16,9 @@ keeps a stack of idle :class:`~.upstream_conn.UpstreamConnection` per origin
 - :meth:`UpstreamPool.release` puts a connection whose response was read to the end back on its
   stack; anything else (an unread or broken response, ``Connection: close``) is closed.
 
-``https`` origins use TLS with the given ``ssl.SSLContext`` (default: the system's trust store,
-certificates and host names verified).
+``https`` origins use TLS with the origin's own ``ssl.SSLContext`` from ``ssl_contexts`` (an
+upstream's CA file and client certificate: :mod:`.upstream_tls`), else ``ssl_context``, else
+the system's trust store; certificates and host names are always verified.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -51,9 +52,16 @@ class Timeouts:
 class UpstreamPool:
     """At most ``max_connections`` HTTP/1.1 upstream connections (see the module docstring)."""
 
-    def __init__(self, max_connections: int, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        max_connections: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        ssl_contexts: Mapping[Origin, ssl.SSLContext] | None = None,
+    ) -> None:
         self.max_connections = max_connections
         self._ssl = ssl_context
+        self._ssl_by_origin = dict(ssl_contexts or {})
         self._idle: dict[Origin, list[UpstreamConnection]] = {}
         self._slots = asyncio.Semaphore(max_connections)  # one per open connection
         self._open = 0
@@ -122,7 +130,9 @@ class UpstreamPool:
         await self._slot(timeouts.pool)
         self._open += 1
         scheme, host, port = origin
-        context = (self._ssl or _default_context()) if scheme == "https" else None
+        context = None
+        if scheme == "https":
+            context = self._ssl_by_origin.get(origin) or self._ssl or _default_context()
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeouts.connect):

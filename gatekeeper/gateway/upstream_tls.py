@@ -26,6 +26,10 @@ import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
+
+#: The settings of an upstream's table that name TLS files.
+TLS_FILE_KEYS: Final = ("ca_file", "client_cert", "client_key")
 
 
 class TLSFileError(ValueError):

@@ -14,6 +14,7 @@ gateway"); one that refuses the handshake has its status passed on (or 1014).
 
 from __future__ import annotations
 
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from ..errors import AuthError
 from ..redact import fingerprint
 from .paths import PathRejected, normalise_path
 from .record import RequestRecord
+from .upstream_tls import UpstreamTLS
 
 if TYPE_CHECKING:
     from .proxy import Receive, ReverseProxy, Send
@@ -137,6 +139,7 @@ async def _handle(
             open_timeout=settings.connect_timeout,
             max_size=None,
             ping_interval=None,  # liveness is the client's business, end to end
+            ssl=_tls(upstream.ws_url, settings.tls),
         )
     except InvalidStatus as exc:
         status = exc.response.status_code
@@ -205,3 +208,11 @@ async def _relay(upstream: ClientConnection, receive: Receive, send: Send) -> No
 
         group.start_soon(client_to_upstream)
         await upstream_to_client()
+
+
+def _tls(url: str, tls: UpstreamTLS | None) -> ssl.SSLContext | bool | None:
+    """``connect``'s ``ssl`` argument: the upstream's own context for ``wss`` where it has TLS
+    settings, else True (websockets' default context, the system's trust store); None for ``ws``."""
+    if not url.startswith("wss:"):
+        return None
+    return tls.context if tls is not None else True
