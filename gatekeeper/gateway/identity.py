@@ -147,6 +147,9 @@ DEFAULT_HEADERS: Final[tuple[HeaderSpec, ...]] = (
 )
 
 
+_CLASSIFIED_MAX: Final = 1024
+
+
 @dataclass(frozen=True)
 class IdentityHeaders:
     """Which claims become which upstream headers, and the client copies to remove.
@@ -166,6 +169,12 @@ class IdentityHeaders:
     _memo: dict[int, tuple[Claims, tuple[tuple[bytes, bytes], ...]]] = field(
         init=False, repr=False, compare=False, hash=False
     )
+    # Header name as received -> (its normal form, whether it is a gateway header): clients
+    # send the same few names on every request. Bounded: names are the client's choice.
+    _classified: dict[bytes, tuple[str, bool]] = field(init=False, repr=False, compare=False, hash=False)
+    _connections: dict[bytes, tuple[frozenset[str], bytes | None]] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         names = [normal_name(spec.name) for spec in self.headers]
@@ -174,6 +183,8 @@ class IdentityHeaders:
         object.__setattr__(self, "_names", frozenset(names))
         object.__setattr__(self, "_prefix", normal_name(self.prefix) if self.prefix else "")
         object.__setattr__(self, "_memo", {})
+        object.__setattr__(self, "_classified", {})
+        object.__setattr__(self, "_connections", {})
 
     @classmethod
     def from_mapping(
@@ -196,6 +207,14 @@ class IdentityHeaders:
         """Whether a client header with this name would shadow one the gateway sets."""
         normal = normal_name(name)
         return normal in self._names or bool(self._prefix and normal.startswith(self._prefix))
+
+    def _classify(self, name: bytes) -> tuple[str, bool]:
+        known = self._classified.get(name)
+        if known is None:
+            known = (normal := normal_name(name), self.is_gatekeeper_header(normal))
+            if len(self._classified) < _CLASSIFIED_MAX:
+                self._classified[name] = known
+        return known
 
     def values(self, claims: Claims | None) -> list[tuple[str, str]]:
         """The identity headers for verified claims (none for an anonymous request)."""
@@ -240,23 +259,31 @@ class IdentityHeaders:
         header the ``Connection`` header names (hop-by-hop, RFC 9110 7.6.1: a client could name
         an identity header there to have a later hop drop the verified one). ``Connection``
         itself keeps only the tokens that name no gateway header."""
-        pairs = list(headers)
+        classified = [(name, value, *self._classify(name)) for name, value in headers]
         connection_named: set[str] = set()
-        for name, value in pairs:
-            if normal_name(name) == "connection":
-                connection_named.update(
-                    normal_name(token) for token in value.decode("latin-1").split(",") if token.strip()
-                )
+        for _, value, normal, _ in classified:
+            if normal == "connection":
+                connection_named.update(self._connection(value)[0])
         out: Headers = []
-        for name, value in pairs:
-            normal = normal_name(name)
-            if self.is_gatekeeper_header(normal) or normal in connection_named:
+        for name, value, normal, gateway_header in classified:
+            if gateway_header or normal in connection_named:
                 continue
             if normal == "connection":
-                kept = [t.strip() for t in value.decode("latin-1").split(",") if t.strip()]
-                kept = [t for t in kept if not self.is_gatekeeper_header(t)]
-                if not kept:
+                kept = self._connection(value)[1]
+                if kept is None:
                     continue
-                value = ", ".join(kept).encode("latin-1")
+                value = kept
             out.append((name, value))
         return out
+
+    def _connection(self, value: bytes) -> tuple[frozenset[str], bytes | None]:
+        """A ``Connection`` value's named headers (normal form) and the value without the
+        tokens that name a gateway header (None: no token left). Remembered, bounded."""
+        known = self._connections.get(value)
+        if known is None:
+            tokens = [t.strip() for t in value.decode("latin-1").split(",") if t.strip()]
+            kept = [t for t in tokens if not self.is_gatekeeper_header(t)]
+            known = (frozenset(map(normal_name, tokens)), ", ".join(kept).encode("latin-1") if kept else None)
+            if len(self._connections) < _CLASSIFIED_MAX:
+                self._connections[value] = known
+        return known

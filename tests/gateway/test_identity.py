@@ -200,3 +200,23 @@ def test_the_memo_is_bounded() -> None:
     assert len(identity._memo) <= identity_module.MEMO_SIZE
     # the entries that were dropped render again, correctly
     assert dict(identity.rendered(kept[0]))[b"x-auth-subject"] == b"user-0"
+
+
+def test_header_names_are_classified_once_and_the_memo_stays_bounded() -> None:
+    identity = IdentityHeaders()
+    flood = [(f"x-made-up-{i}".encode(), b"v") for i in range(3000)]
+    assert identity.strip_client_copies(flood) == flood
+    assert len(identity._classified) <= 1024  # names are the client's choice: never unbounded
+    connections = [[(b"connection", f"close, x-{i}".encode())] for i in range(2000)]
+    assert [identity.strip_client_copies(c) for c in connections] == connections
+    assert len(identity._connections) <= 1024
+    # A gateway header first seen once the memo is full is still removed, in any spelling.
+    late = [
+        (b"X_AUTH_SUBJECT", b"admin"),
+        (b"x-auth-anything", b"x"),
+        (b"accept", b"*/*"),
+        (b"Connection", b"keep-alive, X-Auth-Subject, accept"),
+    ]
+    kept = [(b"Connection", b"keep-alive, accept")]  # accept is named by Connection: dropped too
+    assert identity.strip_client_copies(late) == kept
+    assert identity.strip_client_copies(late) == kept
