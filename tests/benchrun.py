@@ -15,8 +15,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 
 
-def run_benchmark(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run ``benchmarks/<script> <args>``; assert it exited 0 and return the finished process."""
+def run_benchmark(
+    script: str,
+    *args: str,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/<script> <args>`` (with ``env`` as its whole environment, when given);
+    with ``check``, assert it exited 0. Return the finished process."""
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *args],
         capture_output=True,
@@ -24,6 +31,10 @@ def run_benchmark(script: str, *args: str, timeout: float = 120) -> subprocess.C
         timeout=timeout,
         check=False,
         cwd=ROOT,
+        env=env,
     )
-    assert result.returncode == 0, f"{script} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    if check:
+        assert result.returncode == 0, (
+            f"{script} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
     return result

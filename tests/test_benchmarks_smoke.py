@@ -8,25 +8,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from benchrun import run_benchmark
 
 
 def run_quick(script: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=BENCHMARKS.parent,
-    )
-    assert result.returncode == 0, f"{script} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    return result
+    return run_benchmark(script, "--quick")
 
 
 @pytest.fixture(scope="module")

@@ -7,24 +7,12 @@ gatekeeper's single flight must show exactly one token request for 100 concurren
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from benchrun import run_benchmark
 
 
 def test_client_benchmark_runs_and_prints_its_tables() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "client.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-        cwd=BENCHMARKS.parent,
-    )
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-    out = result.stdout
+    out = run_benchmark("client.py", "--quick", timeout=240).stdout
     assert "1. auth flow alone" in out
     assert re.search(r"^\| sync\s+\| [\d.,]+\s+\| [\d.,]+\s+\| [+-][\d.]+", out, re.M)
     assert "2. end to end through httpx.MockTransport" in out

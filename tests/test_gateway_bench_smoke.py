@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from benchrun import run_benchmark
 
 pytestmark = pytest.mark.skipif(
     shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
@@ -21,16 +18,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def output() -> str:
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gateway.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        cwd=BENCHMARKS.parent,
-    )
-    assert result.returncode == 0, f"exit {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+    return run_benchmark("gateway.py", "--quick", timeout=600).stdout
 
 
 @pytest.mark.parametrize(
@@ -69,16 +57,7 @@ def test_nginx_rows_when_nginx_is_installed(output: str) -> None:
 
 
 def test_decision_only_runs_leg_one_alone() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gateway.py"), "--quick", "--decision-only"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=BENCHMARKS.parent,
-    )
-    assert result.returncode == 0, f"exit {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    out = result.stdout
+    out = run_benchmark("gateway.py", "--quick", "--decision-only", timeout=300).stdout
     assert "| gatekeeper /auth, cached token (uvloop + httptools) " in out
     assert len(re.findall(r"^\| decision / bare \(.*\| (?:PASS|MISS) +\|$", out, flags=re.MULTILINE)) == 2
     assert "## Reverse proxy" not in out

@@ -9,20 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchrun import run_benchmark
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def test_quick_run_prints_the_table_and_the_ratios() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gateway_inprocess.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=BENCHMARKS.parent,
-    )
-    assert result.returncode == 0, f"exit {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    out = result.stdout
+    out = run_benchmark("gateway_inprocess.py", "--quick").stdout
     assert "In-process cached-token GET /auth" in out
     for variant in ("bare", "decision (metrics off)", "decision (metrics on)"):
         assert re.search(rf"^\| {re.escape(variant)} +\| \d+\.\d +\|", out, re.MULTILINE), variant
@@ -47,35 +40,13 @@ def test_the_wrk_benchmarks_nice_option_reaches_its_processes() -> None:
 
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (apt-get install wrk)")
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gateway.py"), "--quick", "--decision-only", "--nice", "3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=BENCHMARKS.parent,
-    )
-    assert result.returncode == 0, f"exit {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    result = run_benchmark("gateway.py", "--quick", "--decision-only", "--nice", "3", timeout=300)
     assert "servers and wrk at nice 3;" in result.stdout
     assert "| gatekeeper /auth, cached token (asyncio + h11) " in result.stdout
 
 
 def test_callgrind_mode_refuses_to_run_outside_valgrind() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "gateway_inprocess.py"),
-            "--callgrind",
-            "cg.out",
-            "--requests",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=BENCHMARKS.parent,
-    )
+    result = run_benchmark("gateway_inprocess.py", "--callgrind", "cg.out", "--requests", "3", check=False)
     assert result.returncode == 1
     assert "run this under valgrind --tool=callgrind" in result.stderr
 

@@ -6,12 +6,11 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from benchrun import run_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "middleware.py"
 TOKEN_PREFIX = "eyJ"  # base64url of '{"': how every JWT (header) starts
 TINY_IN_PROCESS = ["--in-process-rounds", "2", "--in-process-requests", "50"]
 FAST_STACK = "uvloop+httptools"
@@ -20,14 +19,7 @@ FAST_STACK = "uvloop+httptools"
 def run(
     *args: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
+    return run_benchmark("middleware.py", *args, env=env, timeout=timeout, check=False)
 
 
 def assert_in_process_table(stdout: str) -> None:
