@@ -451,7 +451,7 @@ def _proxy(
         return None
     default = upstreams[default_name] if default_name is not None else None
     settings: ProxySettings = table.build(
-        None, lambda: ProxySettings(upstream=default, routes=tuple(routes), **kwargs)
+        None, lambda: ProxySettings(upstream=default, routes=tuple(routes), **kwargs), fields=kwargs
     )
     return settings
 

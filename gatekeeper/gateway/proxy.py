@@ -120,6 +120,9 @@ class ProxySettings:
     - ``max_in_flight``: upstream exchanges at once in this process; beyond it, 503.
     - ``pool_size``: upstream connections the proxy keeps (and opens at most) in total.
     - ``websockets``: proxy websocket upgrades (after the handshake is verified).
+    - ``max_websockets``: websocket connections relayed at once in this process (each holds an
+      upstream connection for as long as it lasts, outside the pool); beyond it, the handshake
+      is refused with 503 (close code 1013, "try again later", where no response can be sent).
     """
 
     upstream: UpstreamSettings | None = None
@@ -128,8 +131,12 @@ class ProxySettings:
     max_in_flight: int = 1024
     pool_size: int = 100
     websockets: bool = True
+    max_websockets: int = 1024
 
     def __post_init__(self) -> None:
+        for name in ("max_in_flight", "pool_size", "max_websockets"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
         _tls_by_origin(self)  # upstreams sharing an origin agree on TLS, or this is refused
 
 
@@ -240,6 +247,7 @@ class ReverseProxy:
         self._routes = [(compile_pattern(route.path), _Upstream(route.upstream)) for route in settings.routes]
         self._token_params = frozenset(gate.source.query_params)
         self._in_flight = 0
+        self.websockets_open = 0  # relayed now (see ProxySettings.max_websockets)
         self.transport = UpstreamPool(settings.pool_size, ssl_contexts=_tls_by_origin(settings))
 
     @property

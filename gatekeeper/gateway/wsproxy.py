@@ -29,10 +29,12 @@ from .record import RequestRecord
 from .upstream_tls import UpstreamTLS
 
 if TYPE_CHECKING:
-    from .proxy import Receive, ReverseProxy, Send
+    from .proxy import Receive, ReverseProxy, Send, _Upstream
 
 #: "Bad Gateway" close code (RFC 6455 registry): the upstream could not be reached.
 BAD_GATEWAY_CLOSE = 1014
+#: "Try Again Later" (RFC 6455 registry): max_websockets connections are already open.
+TRY_AGAIN_LATER = 1013
 # Handshake headers the websockets client writes itself.
 _HANDSHAKE: frozenset[bytes] = frozenset(
     {
@@ -124,6 +126,32 @@ async def _handle(
         for name, value in proxy.upstream_headers(scope, result, upstream)
         if name not in _HANDSHAKE
     ]
+    if proxy.websockets_open >= proxy.settings.max_websockets:
+        record.decision, record.status, record.error_kind = "error", 503, "upstream_busy"
+        busy = failure_body("upstream_busy", "Too many websocket connections")
+        await _refuse(scope, send, 503, busy, [*json_headers, (b"retry-after", b"1")], TRY_AGAIN_LATER)
+        return
+    proxy.websockets_open += 1
+    try:
+        await _connect_and_relay(
+            proxy, scope, receive, send, record, upstream, path, additional, failure_body
+        )
+    finally:
+        proxy.websockets_open -= 1
+
+
+async def _connect_and_relay(
+    proxy: ReverseProxy,
+    scope: dict[str, Any],
+    receive: Receive,
+    send: Send,
+    record: RequestRecord,
+    upstream: _Upstream,
+    path: str,
+    additional: list[tuple[str, str]],
+    failure_body: Any,
+) -> None:
+    json_headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
     target = proxy.upstream_target(upstream, path, scope.get("query_string", b"")).decode("ascii")
     settings = upstream.settings
     subprotocols = scope.get("subprotocols") or None

@@ -571,3 +571,13 @@ def test_false_turns_an_optional_setting_off(tmp_path: Path) -> None:
     assert "proxy.max_request_body: must be an integer, not a boolean" in _mistake(
         tmp_path, ISSUER + UPSTREAM + "max_request_body = true\n"
     )
+
+
+@pytest.mark.parametrize("name", ["max_websockets", "max_in_flight", "pool_size"])
+def test_proxy_limits_below_one_name_their_key(tmp_path: Path, name: str) -> None:
+    assert f"proxy.{name}: {name} must be at least 1" in _mistake(
+        tmp_path, ISSUER + UPSTREAM + f"{name} = 0\n"
+    )
+    config = _load(tmp_path, ISSUER + UPSTREAM + f"{name} = 3\n")
+    assert config.proxy is not None
+    assert getattr(config.proxy, name) == 3

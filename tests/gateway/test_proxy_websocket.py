@@ -49,7 +49,11 @@ def upstream() -> Iterator[Upstream]:
 
 
 def start_proxy(
-    issuer: IssuerServer, upstream_url: str, records: list[RequestRecord], profile: str = "rfc6750"
+    issuer: IssuerServer,
+    upstream_url: str,
+    records: list[RequestRecord],
+    profile: str = "rfc6750",
+    **settings: Any,
 ) -> ServerThread:
     verifier = Verifier(issuer.url, jwks_url=issuer.jwks_url, audience="api", clock=clock)
     gate = Gate(
@@ -58,7 +62,7 @@ def start_proxy(
     app = ReverseProxy(
         gate,
         get_profile(profile),
-        ProxySettings(UpstreamSettings(upstream_url)),
+        ProxySettings(UpstreamSettings(upstream_url), **settings),
         IdentityHeaders(),
         records.append,
     )
@@ -198,3 +202,46 @@ def test_unreachable_upstream_refuses_the_handshake_with_502(issuer: IssuerServe
         assert settled(records)[0].error_kind == "upstream_unreachable"
     finally:
         server.stop()
+
+
+def test_max_websockets_refuses_more_with_503_and_frees_the_slot_on_close(
+    issuer: IssuerServer, upstream: Upstream
+) -> None:
+    records: list[RequestRecord] = []
+    server = start_proxy(issuer, upstream.url, records, max_websockets=1)
+    try:
+
+        async def scenario() -> tuple[InvalidStatus, str | bytes]:
+            async with connect(ws_url(server, "/open/ws")) as first:
+                await first.recv()
+                with pytest.raises(InvalidStatus) as info:  # the one slot is taken
+                    async with connect(ws_url(server, "/open/ws")):
+                        pass
+            # The slot is freed once the proxy has finished relaying the first (just after it
+            # closed): retry a refused handshake for a moment.
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    async with connect(ws_url(server, "/open/ws")) as again:
+                        await again.recv()
+                        await again.send("back")
+                        return info.value, await again.recv()
+                except InvalidStatus:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.02)
+
+        refused, echoed = run(scenario())
+        assert refused.response.status_code == 503
+        assert refused.response.headers["retry-after"] == "1"
+        assert json.loads(refused.response.body or b"")["error"] == "upstream_busy"
+        assert echoed == "back"
+        assert any(record.error_kind == "upstream_busy" for record in settled(records))
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("name", ["max_websockets", "max_in_flight", "pool_size"])
+def test_proxy_limits_must_be_positive(name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be at least 1"):
+        ProxySettings(UpstreamSettings("http://127.0.0.1:1"), **{name: 0})  # type: ignore[arg-type]
