@@ -51,10 +51,11 @@ from ..decision import Allow, Deny, Gate
 from ..errors import AuthError
 from ..responses import ErrorProfile, ErrorResponse
 from ..rules import compile_pattern
-from .hop import HOP_BY_HOP, Headers, strip_hop_by_hop
+from .hop import Headers
 from .identity import IdentityHeaders, client_id_of
 from .paths import PathRejected, normalise_path
 from .record import Reporter, RequestRecord, logged_query, token_fingerprint
+from .rewrite import BAD_LENGTH, RequestRewriter, ResponseRewriter
 from .upstream_conn import UpstreamConnection
 from .upstream_errors import PoolTimeout, UnsafeRequest, UpstreamError, UpstreamTimeout
 from .upstream_pool import Origin, Timeouts, UpstreamPool
@@ -145,10 +146,6 @@ Receive = Callable[[], Any]
 
 _JSON: Final = (b"content-type", b"application/json")
 _NO_STORE: Final = (b"cache-control", b"no-store")
-# Never sent on by the proxy itself: it sets Host and X-Forwarded-* as configured; a client's
-# Expect: 100-continue is answered by the server in front, the upstream gets the body at once.
-_ALWAYS_DROPPED: Final = frozenset({b"host", b"expect"})
-_FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
 # Response headers the server in front stamps itself (uvicorn: on every response).
 _STAMPED: Final = frozenset({b"date", b"server"})
 # Response bodies up to this size (by Content-Length) are relayed without a disconnect
@@ -246,6 +243,8 @@ class ReverseProxy:
         self._default = _Upstream(settings.upstream) if settings.upstream is not None else None
         self._routes = [(compile_pattern(route.path), _Upstream(route.upstream)) for route in settings.routes]
         self._token_params = frozenset(gate.source.query_params)
+        self._requests = RequestRewriter(identity)
+        self._responses = ResponseRewriter(_STAMPED)
         self._in_flight = 0
         self.websockets_open = 0  # relayed now (see ProxySettings.max_websockets)
         self.transport = UpstreamPool(settings.pool_size, ssl_contexts=_tls_by_origin(settings))
@@ -344,12 +343,12 @@ class ReverseProxy:
         if upstream is None:
             await self._fail(send, record, 404, "no_upstream", "No upstream serves this path")
             return
-        limit = self.settings.max_request_body
-        length, coded = body_framing(headers)
-        if length == -1:
+        upstream_headers, length, coded = self._rewrite(scope, result, upstream)
+        if length == BAD_LENGTH:
             record.error_kind = "bad_request"
             await self._render(send, record, AuthError("invalid_request", "Bad Content-Length"), 400)
             return
+        limit = self.settings.max_request_body
         if limit is not None and length is not None and length > limit:
             await self._too_large(send, record)
             return
@@ -359,7 +358,9 @@ class ReverseProxy:
         self._in_flight += 1
         try:
             has_body = coded or (length is not None and length > 0)
-            await self._forward(scope, receive, send, record, result, upstream, path, length, has_body)
+            await self._forward(
+                scope, receive, send, record, upstream_headers, upstream, path, length, has_body
+            )
         finally:
             self._in_flight -= 1
 
@@ -373,65 +374,22 @@ class ReverseProxy:
             record.client_id = client_id_of(claims)
 
     def upstream_headers(self, scope: dict[str, Any], allow: Allow, upstream: _Upstream) -> Headers:
-        """The headers the upstream gets: hop-by-hop and client identity copies removed first,
-        then Host, X-Forwarded-* and the verified identity added."""
-        settings = upstream.settings
-        client_host: bytes | None = None
-        prior_for: list[bytes] = []
-        prior_proto: bytes | None = None
-        prior_host: bytes | None = None
-        named: set[bytes] = set()  # header names listed in Connection (hop-by-hop as well)
-        out: Headers = []
-        # One pass: hop-by-hop (hop.py's rule, inlined: this runs for every request), the
-        # headers the proxy sets itself, and Authorization.
-        for name, value in self.identity.strip_client_copies(scope["headers"]):
-            name = name.lower()
-            if name in HOP_BY_HOP or name.startswith(b"proxy-"):
-                if name == b"connection":
-                    named.update(token.strip().lower() for token in value.split(b",") if token.strip())
-                continue
-            if name in _ALWAYS_DROPPED:
-                if name == b"host":
-                    client_host = value
-                continue
-            if name in _FORWARDED:
-                if name == b"x-forwarded-for":
-                    prior_for.append(value)
-                elif name == b"x-forwarded-proto":
-                    prior_proto = value
-                elif name == b"x-forwarded-host":
-                    prior_host = value
-                elif settings.x_forwarded == "append":
-                    out.append((name, value))  # RFC 7239 Forwarded: left to the trusted proxy
-                continue
-            if name == b"authorization" and not settings.forward_authorization:
-                continue
-            out.append((name, value))
-        if named:  # (rare) the headers Connection names are dropped as if never sent
-            out = [(name, value) for name, value in out if name not in named]
-            client_host = None if b"host" in named else client_host
-            prior_for = [] if b"x-forwarded-for" in named else prior_for
-            prior_proto = None if b"x-forwarded-proto" in named else prior_proto
-            prior_host = None if b"x-forwarded-host" in named else prior_host
-        out.append((b"host", client_host if settings.host == "forward" and client_host else upstream.netloc))
-        if settings.x_forwarded != "off":
-            client = scope.get("client")
-            peer = str(client[0]).encode("latin-1") if client else b"unknown"
-            if settings.x_forwarded == "append" and prior_for:
-                peer = b", ".join([*prior_for, peer])
-            scheme = str(scope.get("scheme", "http")).encode("latin-1")
-            if settings.x_forwarded == "append" and prior_proto is not None:
-                scheme = prior_proto
-            forwarded_host = client_host
-            if settings.x_forwarded == "append" and prior_host is not None:
-                forwarded_host = prior_host
-            out.append((b"x-forwarded-for", peer))
-            out.append((b"x-forwarded-proto", scheme))
-            if forwarded_host is not None:
-                out.append((b"x-forwarded-host", forwarded_host))
-        if allow.claims is not None:
-            out.extend(self.identity.rendered(allow.claims))
-        return out
+        """The headers the upstream gets (:class:`~.rewrite.RequestRewriter`): hop-by-hop and
+        client identity copies removed, then Host, X-Forwarded-* and the verified identity."""
+        return self._rewrite(scope, allow, upstream)[0]
+
+    def _rewrite(
+        self, scope: dict[str, Any], allow: Allow, upstream: _Upstream
+    ) -> tuple[Headers, int | None, bool]:
+        client = scope.get("client")
+        return self._requests.rewrite(
+            scope["headers"],
+            upstream.settings,
+            upstream.netloc,
+            str(client[0]).encode("latin-1") if client else b"unknown",
+            str(scope.get("scheme", "http")).encode("latin-1"),
+            self.identity.rendered(allow.claims),
+        )
 
     def upstream_target(self, upstream: _Upstream, path: str, query: bytes) -> bytes:
         """Base path + normalised path + the query without token parameters."""
@@ -445,13 +403,12 @@ class ReverseProxy:
         receive: Receive,
         send: Send,
         record: RequestRecord,
-        allow: Allow,
+        headers: Headers,
         upstream: _Upstream,
         path: str,
         length: int | None,
         has_body: bool,
     ) -> None:
-        headers = self.upstream_headers(scope, allow, upstream)
         target = self.upstream_target(upstream, path, scope.get("query_string", b""))
         # (a body without Content-Length is sent chunked: the connection frames it)
         content = self._request_body(receive, self.settings.max_request_body) if has_body else None
@@ -494,14 +451,8 @@ class ReverseProxy:
         record.upstream_latency = time.perf_counter() - sent
         record.upstream_status = record.status = response.status
         try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": strip_hop_by_hop(response.headers, _STAMPED),
-                }
-            )
-            size, _ = body_framing(response.headers)
+            relayed, size = self._responses.rewrite(response.headers)
+            await send({"type": "http.response.start", "status": response.status, "headers": relayed})
             with _deadline.at(deadline):
                 if size is not None and 0 <= size <= _SMALL_BODY:
                     await _relay(response, send)
@@ -588,25 +539,6 @@ class _deadline:
 
 
 _UNBOUNDED: Final = _deadline(float("inf"))  # stateless: its _scope stays None
-
-
-def body_framing(headers: Any) -> tuple[int | None, bool]:
-    """One pass over the headers: the Content-Length value (None when absent, -1 when malformed
-    or repeated differently) and whether a Transfer-Encoding header is present."""
-    found: int | None = None
-    coded = False
-    for name, value in headers:
-        name = name.lower()
-        if name == b"content-length":
-            if not value.strip().isdigit():
-                return -1, coded
-            number = int(value)
-            if found is not None and found != number:
-                return -1, coded
-            found = number
-        elif name == b"transfer-encoding":
-            coded = True
-    return found, coded
 
 
 async def send_rendered(send: Send, rendered: ErrorResponse) -> None:

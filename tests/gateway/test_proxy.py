@@ -378,6 +378,24 @@ def test_hop_by_hop_request_headers_are_removed(make_proxy: MakeProxy) -> None:
     assert seen["x-end-to-end"] == ["kept"]
 
 
+def test_connection_cannot_strip_the_body_length_to_smuggle_a_request(
+    make_proxy: MakeProxy, upstream: Upstream
+) -> None:
+    # Content-Length named in Connection is hop-by-hop by the letter of RFC 9110, but the
+    # body goes on as it came: without its length the upstream would read it as a second
+    # request, one no token was checked for.
+    proxy = make_proxy()
+    smuggled = b"GET /admin/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = proxy.raw(
+        b"POST /open/up HTTP/1.1\r\nHost: x\r\nConnection: close, Content-Length\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled)
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["body_bytes"] == len(smuggled)
+    time.sleep(0.2)  # a smuggled request would reach the upstream right after the first
+    assert not [seen for seen in upstream.seen if "smuggled" in seen["path"]]
+
+
 def test_hop_by_hop_response_headers_are_removed(make_proxy: MakeProxy) -> None:
     proxy = make_proxy()
     response = proxy.get("/open/hop")
