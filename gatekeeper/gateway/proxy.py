@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import unquote_plus, urlsplit
@@ -52,7 +52,7 @@ from ..errors import AuthError
 from ..responses import ErrorProfile, ErrorResponse
 from ..rules import compile_pattern
 from .hop import Headers
-from .identity import IdentityHeaders, client_id_of
+from .identity import MEMO_SIZE, IdentityHeaders, client_id_of
 from .paths import PathRejected, normalise_path
 from .record import Reporter, RequestRecord, logged_query, token_fingerprint
 from .rewrite import BAD_LENGTH, RequestRewriter, ResponseRewriter
@@ -62,6 +62,7 @@ from .upstream_pool import Origin, Timeouts, UpstreamPool
 from .upstream_tls import UpstreamTLS
 
 HostMode = Literal["rewrite", "forward"]
+_Verified = tuple[Any, "str | None", "str | None", tuple[tuple[bytes, bytes], ...], "str | None"]
 ForwardedMode = Literal["set", "append", "off"]
 
 
@@ -148,6 +149,8 @@ _JSON: Final = (b"content-type", b"application/json")
 _NO_STORE: Final = (b"cache-control", b"no-store")
 # Response headers the server in front stamps itself (uvicorn: on every response).
 _STAMPED: Final = frozenset({b"date", b"server"})
+#: Raw request paths whose normal form is remembered (:meth:`ReverseProxy.normalised`).
+PATHS_KEPT: Final = 1024
 # Response bodies up to this size (by Content-Length) are relayed without a disconnect
 # watcher: they are done in a few writes, and the watcher is a task per request.
 _SMALL_BODY: Final = 256 * 1024
@@ -243,6 +246,11 @@ class ReverseProxy:
         self._default = _Upstream(settings.upstream) if settings.upstream is not None else None
         self._routes = [(compile_pattern(route.path), _Upstream(route.upstream)) for route in settings.routes]
         self._token_params = frozenset(gate.source.query_params)
+        self._paths: dict[bytes, tuple[str, str]] = {}
+        # id(claims) -> (claims, token, its fingerprint, identity headers, client id)
+        self._verified: dict[
+            int, tuple[Any, str | None, str | None, tuple[tuple[bytes, bytes], ...], str | None]
+        ] = {}
         self._requests = RequestRewriter(identity)
         self._responses = ResponseRewriter(_STAMPED)
         self._in_flight = 0
@@ -268,7 +276,13 @@ class ReverseProxy:
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            started = time.perf_counter()
+            record = RequestRecord("proxy", scope["method"], "", 0, "error", 0.0, 0.0)
+            try:
+                await self._handle(scope, receive, send, record, started)
+            finally:
+                record.latency = time.perf_counter() - started
+                self.reporter(record)
         elif kind == "websocket":
             from .wsproxy import proxy_websocket  # websockets is imported only when used
 
@@ -288,21 +302,23 @@ class ReverseProxy:
 
     # -- the request ------------------------------------------------------------------------
 
-    async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        method: str = scope["method"]
-        record = RequestRecord("proxy", method, "", 0, "error", 0.0, 0.0)
-        try:
-            await self._handle(scope, receive, send, record, started)
-        finally:
-            record.latency = time.perf_counter() - started
-            self.reporter(record)
-
     def logged_path(self, scope: dict[str, Any], path: str | None = None) -> str:
         """The request's path for the record: token parameters redacted, printable."""
         path = path if path is not None else scope.get("path", "")
         query = logged_query(scope.get("query_string", b""), self._token_params)
         return printable(f"{path}?{query}" if query else path)
+
+    def normalised(self, raw_path: bytes) -> tuple[str, str]:
+        """``(the normalised path, it as logged)`` (:func:`normalise_path`, which raises
+        :class:`PathRejected`); remembered per raw path, at most :data:`PATHS_KEPT` (paths
+        are the client's choice: past the bound they are normalised each time)."""
+        known = self._paths.get(raw_path)
+        if known is None:
+            path = normalise_path(raw_path)
+            known = (path, printable(path))
+            if len(self._paths) < PATHS_KEPT:
+                self._paths[raw_path] = known
+        return known
 
     async def _handle(
         self,
@@ -314,23 +330,23 @@ class ReverseProxy:
     ) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         try:
-            path = normalise_path(raw_path)
+            path, logged = self.normalised(raw_path)
         except PathRejected as rejected:
             record.path = self.logged_path(scope)
             record.error_kind = "bad_path"
             await self._render(send, record, AuthError("invalid_request", rejected.reason), 400)
             return
-        record.path = self.logged_path(scope, path)
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         query: bytes = scope.get("query_string", b"")
-        result = await self.gate.decide(scope["method"], path, headers, query)
+        record.path = self.logged_path(scope, path) if query else logged
+        gate = self.gate
+        rule = gate.match(scope["method"], path)
+        result = gate.allow_cached(rule, headers, query) or await gate.decide_rule(rule, headers, query)
         record.decision_latency = time.perf_counter() - started
         record.rule = result.rule.path
-        if result.token is not None:
-            record.token = token_fingerprint(
-                result.token, result.claims if isinstance(result, Allow) else None
-            )
         if isinstance(result, Deny):
+            if result.token is not None:
+                record.token = token_fingerprint(result.token)
             record.decision = "deny"
             record.error_kind = result.error.kind
             record.issuer = result.error.issuer
@@ -338,12 +354,12 @@ class ReverseProxy:
             record.status = rendered.status
             await send_rendered(send, rendered)
             return
-        self._fill_identity(record, result)
+        identity = self._fill_identity(record, result)
         upstream = self.upstream_for(path)
         if upstream is None:
             await self._fail(send, record, 404, "no_upstream", "No upstream serves this path")
             return
-        upstream_headers, length, coded = self._rewrite(scope, result, upstream)
+        upstream_headers, length, coded = self._rewrite(scope, identity, upstream)
         if length == BAD_LENGTH:
             record.error_kind = "bad_request"
             await self._render(send, record, AuthError("invalid_request", "Bad Content-Length"), 400)
@@ -364,22 +380,45 @@ class ReverseProxy:
         finally:
             self._in_flight -= 1
 
-    def _fill_identity(self, record: RequestRecord, allow: Allow) -> None:
+    def _fill_identity(self, record: RequestRecord, allow: Allow) -> tuple[tuple[bytes, bytes], ...]:
+        """Record an allowed request's identity; returns the identity headers for the upstream.
+
+        What a verified Claims object gives (the token's fingerprint, the identity headers, the
+        client id) is worked out once per object and token, and remembered (bounded, emptied
+        wholesale when full; the entry holds the claims, so their id is not reused meanwhile)."""
         record.decision = "allow"
-        record.cached = allow.cached if allow.claims is not None else None
-        claims = allow.claims
-        if claims is not None:
-            record.issuer = claims.issuer
-            record.subject = claims.subject
-            record.client_id = client_id_of(claims)
+        claims, token = allow.claims, allow.token
+        if claims is None:
+            if token is not None:
+                record.token = token_fingerprint(token)
+            return ()
+        verified = self._verified
+        entry = verified.get(id(claims))
+        if entry is None or entry[0] is not claims or entry[1] != token:
+            entry = (
+                claims,
+                token,
+                token_fingerprint(token) if token is not None else None,
+                self.identity.rendered(claims),
+                client_id_of(claims),
+            )
+            if len(verified) >= MEMO_SIZE:
+                verified.clear()
+            verified[id(claims)] = entry
+        record.cached = allow.cached
+        record.issuer = claims.issuer
+        record.subject = claims.subject
+        record.token = entry[2]
+        record.client_id = entry[4]
+        return entry[3]
 
     def upstream_headers(self, scope: dict[str, Any], allow: Allow, upstream: _Upstream) -> Headers:
         """The headers the upstream gets (:class:`~.rewrite.RequestRewriter`): hop-by-hop and
         client identity copies removed, then Host, X-Forwarded-* and the verified identity."""
-        return self._rewrite(scope, allow, upstream)[0]
+        return self._rewrite(scope, self.identity.rendered(allow.claims), upstream)[0]
 
     def _rewrite(
-        self, scope: dict[str, Any], allow: Allow, upstream: _Upstream
+        self, scope: dict[str, Any], identity: Sequence[tuple[bytes, bytes]], upstream: _Upstream
     ) -> tuple[Headers, int | None, bool]:
         client = scope.get("client")
         return self._requests.rewrite(
@@ -388,7 +427,7 @@ class ReverseProxy:
             upstream.netloc,
             str(client[0]).encode("latin-1") if client else b"unknown",
             str(scope.get("scheme", "http")).encode("latin-1"),
-            self.identity.rendered(allow.claims),
+            identity,
         )
 
     def upstream_target(self, upstream: _Upstream, path: str, query: bytes) -> bytes:

@@ -114,6 +114,7 @@ class RequestRewriter:
         ``netloc`` is the upstream's own host (``Host`` unless it is forwarded), ``peer`` the
         client's address and ``scheme`` the request's (``X-Forwarded-For``/``-Proto``),
         ``identity`` the verified identity headers, added last."""
+        known = self._classified.get
         classify = self.classify
         append_mode = settings.x_forwarded == "append"
         out: Headers = []
@@ -125,7 +126,7 @@ class RequestRewriter:
         prior_proto: bytes | None = None
         prior_host: bytes | None = None
         for name, value in headers:
-            kind, lower = classify(name)
+            kind, lower = known(name) or classify(name)
             if kind == _KEEP:
                 out.append((lower, value))
             elif kind == _LENGTH:
@@ -193,12 +194,13 @@ class ResponseRewriter:
     def rewrite(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[Headers, int | None]:
         """``(the headers for the client, the Content-Length)``; the length is None when
         absent and :data:`BAD_LENGTH` when malformed or contradictory."""
+        known = self._classified.get
         classify = self.classify
         out: Headers = []
         length: int | None = None
         connections: list[bytes] = []
         for name, value in headers:
-            relayed, is_length, is_connection, lower = classify(name)
+            relayed, is_length, is_connection, lower = known(name) or classify(name)
             if relayed:
                 out.append((lower, value))
                 if is_length:
