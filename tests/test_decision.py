@@ -246,6 +246,31 @@ def test_fast_path_answers_only_cached_tokens_with_the_scopes(
     assert gate(verifier).cached(RULES.default, bearer(token)) is None
 
 
+def test_allow_cached_is_decide_rule_on_a_hit_and_none_otherwise(
+    verifier: Verifier, dev_issuer: DevIssuer
+) -> None:
+    g = gate(verifier)
+    token = dev_issuer.mint(subject="alice", scope="orders:read orders:write")
+    orders = RULES.match("GET", "/orders/1")
+    assert g.allow_cached(orders, bearer(token)) is None  # not verified yet
+    slow = allowed(decide(g, "GET", "/orders/1", bearer(token)))
+    fast = g.allow_cached(orders, bearer(token))
+    assert fast is not None
+    assert (fast.rule, fast.claims, fast.token, fast.cached) == (orders, slow.claims, token, True)
+    assert fast.principal is None
+    # An exempt route allows without claims: decide_rule answers it, not the cache.
+    assert g.allow_cached(RULES.match("GET", "/health"), bearer(token)) is None
+    assert allowed(decide(g, "GET", "/health", bearer(token))).claims is None
+    # A principal hook runs on every request: no shortcut past it.
+    hooked = gate(verifier, principal=lambda claims: claims["sub"])
+    allowed(decide(hooked, "GET", "/orders/1", bearer(token)))
+    assert hooked.allow_cached(orders, bearer(token)) is None
+    # Missing scopes: the slow path refuses.
+    narrow = dev_issuer.mint(subject="bob", scope="orders:read")
+    allowed(decide(g, "GET", "/x", bearer(narrow)))
+    assert g.allow_cached(orders, bearer(narrow)) is None
+
+
 def test_memo_is_bounded(verifier: Verifier, dev_issuer: DevIssuer) -> None:
     g = Gate(verifier, rules=RULES, source=BearerSource.of(), memo_size=2)
     tokens = [dev_issuer.mint() for _ in range(3)]
