@@ -213,9 +213,8 @@ class Gateway:
         else:
             await _not_found(scope, receive, send)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The gateway is itself the main listener's ASGI app (see :meth:`main`)."""
-        await self.main(scope, receive, send)
+    #: The gateway is itself the main listener's ASGI app (one coroutine per request, not two).
+    __call__ = main
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -204,7 +204,9 @@ class ResponseRewriter:
             if relayed:
                 out.append((lower, value))
                 if is_length:
-                    length = _content_length(value, length)
+                    length = (
+                        int(value) if length is None and value.isdigit() else _content_length(value, length)
+                    )
             elif is_connection:
                 connections.append(value)
         if connections:  # (rare) and the headers a Connection header names
