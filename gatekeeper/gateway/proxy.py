@@ -39,9 +39,9 @@ from __future__ import annotations
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 from urllib.parse import unquote_plus, urlsplit
 
 import anyio
@@ -61,6 +61,7 @@ from .upstream_errors import PoolTimeout, UnsafeRequest, UpstreamError, Upstream
 from .upstream_pool import Origin, Timeouts, UpstreamPool
 from .upstream_tls import UpstreamTLS
 
+T = TypeVar("T")
 HostMode = Literal["rewrite", "forward"]
 _Verified = tuple[Any, "str | None", "str | None", tuple[tuple[bytes, bytes], ...], "str | None"]
 ForwardedMode = Literal["set", "append", "off"]
@@ -452,19 +453,14 @@ class ReverseProxy:
         # (a body without Content-Length is sent chunked: the connection frames it)
         content = self._request_body(receive, self.settings.max_request_body) if has_body else None
         total = upstream.settings.total_timeout
-        deadline = anyio.current_time() + total if total is not None else float("inf")
+        deadline = anyio.current_time() + total if total is not None else None
         sent = time.perf_counter()
         try:
-            with _deadline.at(deadline):
-                response = await self.transport.exchange(
-                    scope["method"].encode("ascii"),
-                    upstream.origin,
-                    target,
-                    headers,
-                    content,
-                    length,
-                    upstream.timeouts,
-                )
+            exchange = self.transport.exchange(
+                scope["method"].encode("ascii"), upstream.origin, target, headers, content, length,
+                upstream.timeouts,
+            )  # fmt: skip
+            response = await (exchange if deadline is None else _within(deadline, exchange))
         except BodyTooLarge:
             await self._too_large(send, record)
             return
@@ -492,11 +488,11 @@ class ReverseProxy:
         try:
             relayed, size = self._responses.rewrite(response.headers)
             await send({"type": "http.response.start", "status": response.status, "headers": relayed})
-            with _deadline.at(deadline):
-                if size is not None and 0 <= size <= _SMALL_BODY:
-                    await _relay(response, send)
-                else:
-                    await _relay_watching(response, receive, send)
+            if size is not None and 0 <= size <= _SMALL_BODY:
+                relay = _relay(response, send)
+            else:
+                relay = _relay_watching(response, receive, send)
+            await (relay if deadline is None else _within(deadline, relay))
         except (UpstreamError, TimeoutError) as exc:
             record.error_kind = "upstream_aborted"
             raise UpstreamAborted(f"upstream failed mid-response: {type(exc).__name__}") from None
@@ -548,36 +544,12 @@ class ReverseProxy:
         await send({"type": "http.response.body", "body": failure_body(error, description)})
 
 
-class _deadline:
-    """``anyio.fail_after`` at an absolute deadline (``inf``: no bound)."""
-
-    __slots__ = ("_scope", "deadline")
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self._scope: anyio.CancelScope | None = None
-
-    @staticmethod
-    def at(deadline: float) -> _deadline:
-        """A context for ``deadline``; the shared no-op one when there is none (the default:
-        no object per request)."""
-        return _deadline(deadline) if deadline != float("inf") else _UNBOUNDED
-
-    def __enter__(self) -> None:
-        if self.deadline != float("inf"):
-            self._scope = anyio.CancelScope(deadline=self.deadline)
-            self._scope.__enter__()
-
-    def __exit__(self, *exc: Any) -> bool:
-        if self._scope is None:
-            return False
-        suppressed = bool(self._scope.__exit__(*exc))
-        if self._scope.cancelled_caught:
-            raise TimeoutError
-        return suppressed
-
-
-_UNBOUNDED: Final = _deadline(float("inf"))  # stateless: its _scope stays None
+async def _within(deadline: float, step: Awaitable[T]) -> T:
+    """``await step``, cancelled and failed with ``TimeoutError`` at ``deadline`` (anyio's
+    clock). Only used when an upstream has a total timeout: the default awaits the step as is."""
+    with anyio.CancelScope(deadline=deadline):
+        return await step
+    raise TimeoutError  # the scope was cancelled at the deadline (and caught the cancellation)
 
 
 async def send_rendered(send: Send, rendered: ErrorResponse) -> None:
