@@ -116,58 +116,85 @@ class RequestRewriter:
         ``identity`` the verified identity headers, added last."""
         known = self._classified.get
         classify = self.classify
-        append_mode = settings.x_forwarded == "append"
         out: Headers = []
-        length: int | None = None
-        coded = False
-        connections: list[bytes] = []
         client_host: bytes | None = None
-        prior_for: list[bytes] = []
-        prior_proto: bytes | None = None
-        prior_host: bytes | None = None
+        rare: list[tuple[int, bytes, bytes]] = []  # framing, forwarding, Connection
         for name, value in headers:
             kind, lower = known(name) or classify(name)
             if kind == _KEEP:
-                out.append((lower, value))
-            elif kind == _LENGTH:
-                length = _content_length(value, length)
                 out.append((lower, value))
             elif kind == _HOST:
                 client_host = value
             elif kind == _AUTHORIZATION:
                 if settings.forward_authorization:
                     out.append((lower, value))
-            elif kind == _CODED:
-                coded = True
-            elif kind == _CONNECTION:
-                connections.append(value)
-            elif kind == _FOR:
-                prior_for.append(value)
-            elif kind == _PROTO:
-                prior_proto = value
-            elif kind == _FWD_HOST:
-                prior_host = value
-            elif kind == _FORWARDED and append_mode:
-                out.append((lower, value))  # RFC 7239 Forwarded: left to the trusted proxy
-        if connections:  # (rare) the headers Connection names go as if never sent
-            named = _connection_names(connections) - _FRAMING
-            out = [(name, value) for name, value in out if normal_name(name) not in named]
-            client_host = None if "host" in named else client_host
-            prior_for = [] if "x-forwarded-for" in named else prior_for
-            prior_proto = None if "x-forwarded-proto" in named else prior_proto
-            prior_host = None if "x-forwarded-host" in named else prior_host
+            elif kind != _DROP:
+                rare.append((kind, lower, value))
+        length: int | None = None
+        coded = False
+        forwarded_host = client_host
+        if rare:
+            out, length, coded, client_host, forwarded_host, peer, scheme = _apply_rare(
+                rare, out, settings, client_host, peer, scheme
+            )
         out.append((b"host", client_host if settings.host == "forward" and client_host else netloc))
         if settings.x_forwarded != "off":
-            if append_mode:
-                peer = b", ".join([*prior_for, peer]) if prior_for else peer
-                scheme = prior_proto if prior_proto is not None else scheme
-                client_host = prior_host if prior_host is not None else client_host
             out.append((b"x-forwarded-for", peer))
             out.append((b"x-forwarded-proto", scheme))
-            if client_host is not None:
-                out.append((b"x-forwarded-host", client_host))
+            if forwarded_host is not None:
+                out.append((b"x-forwarded-host", forwarded_host))
         out.extend(identity)
         return out, length, coded
+
+
+def _apply_rare(
+    rare: list[tuple[int, bytes, bytes]],
+    out: Headers,
+    settings: UpstreamSettings,
+    client_host: bytes | None,
+    peer: bytes,
+    scheme: bytes,
+) -> tuple[Headers, int | None, bool, bytes | None, bytes | None, bytes, bytes]:
+    """The headers most requests do not carry: the body's framing, the client's forwarding
+    headers (kept only in ``append`` mode) and ``Connection`` (whose named headers go as if
+    never sent). Returns the headers so far, the framing, the client's ``Host``, and the
+    ``X-Forwarded-Host``, ``-For`` and ``-Proto`` values as they stand after them."""
+    append_mode = settings.x_forwarded == "append"
+    length: int | None = None
+    coded = False
+    connections: list[bytes] = []
+    prior_for: list[bytes] = []
+    prior_proto: bytes | None = None
+    prior_host: bytes | None = None
+    for kind, lower, value in rare:
+        if kind == _LENGTH:
+            length = _content_length(value, length)
+            out.append((lower, value))
+        elif kind == _CODED:
+            coded = True
+        elif kind == _CONNECTION:
+            connections.append(value)
+        elif kind == _FOR:
+            prior_for.append(value)
+        elif kind == _PROTO:
+            prior_proto = value
+        elif kind == _FWD_HOST:
+            prior_host = value
+        elif kind == _FORWARDED and append_mode:
+            out.append((lower, value))  # RFC 7239 Forwarded: left to the trusted proxy
+    if connections:  # the headers Connection names go as if never sent
+        named = _connection_names(connections) - _FRAMING
+        out = [(name, value) for name, value in out if normal_name(name) not in named]
+        client_host = None if "host" in named else client_host
+        prior_for = [] if "x-forwarded-for" in named else prior_for
+        prior_proto = None if "x-forwarded-proto" in named else prior_proto
+        prior_host = None if "x-forwarded-host" in named else prior_host
+    forwarded_host = client_host
+    if append_mode:
+        peer = b", ".join([*prior_for, peer]) if prior_for else peer
+        scheme = prior_proto if prior_proto is not None else scheme
+        forwarded_host = prior_host if prior_host is not None else client_host
+    return out, length, coded, client_host, forwarded_host, peer, scheme
 
 
 class ResponseRewriter:
