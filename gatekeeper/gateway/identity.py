@@ -1,7 +1,9 @@
 """Identity headers: which verified claims the upstream receives, and as which headers.
 
-Identity headers are the gateway's alone. :meth:`IdentityHeaders.strip_client_copies` removes
-every client-sent copy of a header the gateway sets before the verified values are added, and
+Identity headers are the gateway's alone. Every client-sent copy of a header the gateway sets
+(:meth:`IdentityHeaders.is_gatekeeper_header`) is removed before the verified values are added
+(:mod:`.rewrite`, in the reverse proxy; behind forward-auth, the proxy in front overwrites them
+with the decision's values, :mod:`.forward_auth`), and
 :meth:`IdentityHeaders.values` builds those values so that no claim can forge or split a header.
 
 Value encoding (the rule an upstream decodes with, e.g. Python's ``urllib.parse.unquote``):
@@ -26,7 +28,7 @@ A header may name several claims, the first present one wins (``client_id`` then
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote
@@ -147,9 +149,6 @@ DEFAULT_HEADERS: Final[tuple[HeaderSpec, ...]] = (
 )
 
 
-_CLASSIFIED_MAX: Final = 1024
-
-
 @dataclass(frozen=True)
 class IdentityHeaders:
     """Which claims become which upstream headers, and the client copies to remove.
@@ -169,12 +168,6 @@ class IdentityHeaders:
     _memo: dict[int, tuple[Claims, tuple[tuple[bytes, bytes], ...]]] = field(
         init=False, repr=False, compare=False, hash=False
     )
-    # Header name as received -> (its normal form, whether it is a gateway header): clients
-    # send the same few names on every request. Bounded: names are the client's choice.
-    _classified: dict[bytes, tuple[str, bool]] = field(init=False, repr=False, compare=False, hash=False)
-    _connections: dict[bytes, tuple[frozenset[str], bytes | None]] = field(
-        init=False, repr=False, compare=False, hash=False
-    )
 
     def __post_init__(self) -> None:
         names = [normal_name(spec.name) for spec in self.headers]
@@ -183,8 +176,6 @@ class IdentityHeaders:
         object.__setattr__(self, "_names", frozenset(names))
         object.__setattr__(self, "_prefix", normal_name(self.prefix) if self.prefix else "")
         object.__setattr__(self, "_memo", {})
-        object.__setattr__(self, "_classified", {})
-        object.__setattr__(self, "_connections", {})
 
     @classmethod
     def from_mapping(
@@ -207,14 +198,6 @@ class IdentityHeaders:
         """Whether a client header with this name would shadow one the gateway sets."""
         normal = normal_name(name)
         return normal in self._names or bool(self._prefix and normal.startswith(self._prefix))
-
-    def _classify(self, name: bytes) -> tuple[str, bool]:
-        known = self._classified.get(name)
-        if known is None:
-            known = (normal := normal_name(name), self.is_gatekeeper_header(normal))
-            if len(self._classified) < _CLASSIFIED_MAX:
-                self._classified[name] = known
-        return known
 
     def values(self, claims: Claims | None) -> list[tuple[str, str]]:
         """The identity headers for verified claims (none for an anonymous request)."""
@@ -252,38 +235,3 @@ class IdentityHeaders:
             memo.clear()
         memo[id(claims)] = (claims, pairs)
         return pairs
-
-    def strip_client_copies(self, headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-        """ASGI headers without any client copy of a gateway header: every configured name in
-        any case or repetition, with ``_`` for ``-``, every name under the prefix, and every
-        header the ``Connection`` header names (hop-by-hop, RFC 9110 7.6.1: a client could name
-        an identity header there to have a later hop drop the verified one). ``Connection``
-        itself keeps only the tokens that name no gateway header."""
-        classified = [(name, value, *self._classify(name)) for name, value in headers]
-        connection_named: set[str] = set()
-        for _, value, normal, _ in classified:
-            if normal == "connection":
-                connection_named.update(self._connection(value)[0])
-        out: Headers = []
-        for name, value, normal, gateway_header in classified:
-            if gateway_header or normal in connection_named:
-                continue
-            if normal == "connection":
-                kept = self._connection(value)[1]
-                if kept is None:
-                    continue
-                value = kept
-            out.append((name, value))
-        return out
-
-    def _connection(self, value: bytes) -> tuple[frozenset[str], bytes | None]:
-        """A ``Connection`` value's named headers (normal form) and the value without the
-        tokens that name a gateway header (None: no token left). Remembered, bounded."""
-        known = self._connections.get(value)
-        if known is None:
-            tokens = [t.strip() for t in value.decode("latin-1").split(",") if t.strip()]
-            kept = [t for t in tokens if not self.is_gatekeeper_header(t)]
-            known = (frozenset(map(normal_name, tokens)), ", ".join(kept).encode("latin-1") if kept else None)
-            if len(self._connections) < _CLASSIFIED_MAX:
-                self._connections[value] = known
-        return known

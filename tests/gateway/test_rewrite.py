@@ -187,3 +187,51 @@ def test_the_rendered_identity_comes_last_after_every_client_copy_is_gone() -> N
     )
     assert out[-len(rendered) :] == list(rendered)
     assert [value for name, value in out if name == b"x-auth-subject"] == [b"alice"]
+
+
+def test_every_client_copy_of_an_identity_header_goes_and_connection_names_go_too() -> None:
+    headers = [
+        (b"host", b"api"),
+        (b"x-auth-subject", b"admin"),
+        (b"X-AUTH-SUBJECT", b"admin2"),
+        (b"x_auth_subject", b"admin3"),
+        (b"X_Auth_Client_Id", b"evil"),
+        (b"x-auth-role", b"superuser"),  # under the prefix, not a configured name
+        (b"x-forwarded-user", b"named-in-connection"),
+        (b"connection", b"keep-alive, X-Forwarded-User, x-auth-issuer"),
+        (b"authorization", b"Bearer t"),
+        (b"x-authority", b"kept: not under X-Auth-"),
+    ]
+    out, _, _ = rewrite(headers, x_forwarded="off", forward_authorization=True)
+    assert out == [
+        (b"authorization", b"Bearer t"),
+        (b"x-authority", b"kept: not under X-Auth-"),
+        (b"host", b"up.internal:8080"),
+        *IDENTITY,
+    ]
+
+
+def test_without_a_prefix_other_x_auth_headers_are_kept() -> None:
+    identity = IdentityHeaders.from_mapping({"X-User": "sub"}, prefix=None)
+    headers = [(b"x-auth-role", b"r"), (b"X_USER", b"evil")]
+    out, _, _ = RequestRewriter(identity).rewrite(
+        headers, UpstreamSettings("http://up"), b"up", b"p", b"http", ()
+    )
+    assert out[0] == (b"x-auth-role", b"r")
+    assert b"x_user" not in [name for name, _ in out]
+
+
+def test_an_identity_header_first_seen_after_the_bound_is_still_removed() -> None:
+    rewriter = RequestRewriter(IdentityHeaders())
+    upstream = UpstreamSettings("http://up", x_forwarded="off")
+    rewriter.rewrite(
+        [(b"x-n%d" % n, b"v") for n in range(CLASSIFIED_MAX)], upstream, b"up", b"p", b"http", ()
+    )
+    late = [
+        (b"X_AUTH_SUBJECT", b"admin"),
+        (b"x-auth-anything", b"x"),
+        (b"accept", b"*/*"),
+        (b"Connection", b"keep-alive, X-Auth-Subject, accept"),
+    ]
+    for _ in range(2):  # neither classification is remembered: both calls classify afresh
+        assert rewriter.rewrite(late, upstream, b"up", b"p", b"http", ())[0] == [(b"host", b"up")]
