@@ -488,10 +488,12 @@ class ReverseProxy:
         try:
             relayed, size = self._responses.rewrite(response.headers)
             await send({"type": "http.response.start", "status": response.status, "headers": relayed})
-            if size is not None and 0 <= size <= _SMALL_BODY:
-                relay = _relay(response, send)
-            else:
-                relay = _relay_watching(response, receive, send)
+            small = size is not None and 0 <= size <= _SMALL_BODY
+            whole = response.read_rest() if small else None
+            if whole is not None:  # the body came with the head: one send, no relay loop
+                await send({"type": "http.response.body", "body": whole})
+                return
+            relay = _relay(response, send) if small else _relay_watching(response, receive, send)
             await (relay if deadline is None else _within(deadline, relay))
         except (UpstreamError, TimeoutError) as exc:
             record.error_kind = "upstream_aborted"

@@ -224,6 +224,17 @@ class UpstreamConnection(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             await self._waiting(self._read_timeout, "the upstream stopped sending in time")
+        return self._take()
+
+    def read_rest(self) -> bytes | None:
+        """The whole rest of the body, when the response has ended and all of it is here (a
+        small response usually arrives with its head); else None, and :meth:`read` it."""
+        if not self._complete:
+            return None
+        return self._take() if self._chunks else b""
+
+    def _take(self) -> bytes:
+        chunks = self._chunks
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._buffered = 0

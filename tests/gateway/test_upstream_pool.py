@@ -205,6 +205,35 @@ def test_a_head_response_announcing_a_body_leaves_the_connection_reusable() -> N
         assert run(test) == (b"", b"ok", 1)
 
 
+def test_read_rest_hands_over_a_body_that_is_all_here_and_nothing_before(upstream: Upstream) -> None:
+    async def test(pool: UpstreamPool) -> tuple[bytes | None, bytes | None, bytes, bytes | None]:
+        with RawUpstream(lambda *_: OK) as raw:
+            whole = await pool.exchange(b"GET", origin(raw.port), b"/", [(b"host", b"up")], None, None, QUICK)
+            rest = whole.read_rest()
+            for _ in range(50):  # (the body usually comes in the head's segment)
+                if rest is not None:
+                    break
+                await asyncio.sleep(0.01)
+                rest = whole.read_rest()
+            after = whole.read_rest()  # taken: the body is not handed over twice
+            pool.release(whole)
+        # An event stream: the head is in, the body is still coming.
+        stream = await pool.exchange(
+            b"GET", origin(upstream.port), b"/sse?n=2&interval=0.3", [(b"host", b"up")], None, None, QUICK
+        )
+        early = stream.read_rest()
+        body = b""
+        while chunk := await stream.read():
+            body += chunk
+        pool.release(stream)
+        return rest, after, body, early
+
+    rest, after, body, early = run(test)
+    assert (rest, after) == (b"ok", b"")
+    assert early is None
+    assert body.count(b"data:") == 2
+
+
 def test_informational_responses_are_skipped() -> None:
     early = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n"
     with RawUpstream(lambda *_: early + OK) as raw:
