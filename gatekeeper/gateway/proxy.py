@@ -63,7 +63,9 @@ from .upstream_tls import UpstreamTLS
 
 T = TypeVar("T")
 HostMode = Literal["rewrite", "forward"]
-_Verified = tuple[Any, "str | None", "str | None", tuple[tuple[bytes, bytes], ...], "str | None"]
+# What the proxy keeps per verified Claims object: (claims, token, its fingerprint, the
+# identity headers, the client id).
+_Verified = tuple[Any, str | None, str | None, tuple[tuple[bytes, bytes], ...], str | None]
 ForwardedMode = Literal["set", "append", "off"]
 
 
@@ -248,10 +250,7 @@ class ReverseProxy:
         self._routes = [(compile_pattern(route.path), _Upstream(route.upstream)) for route in settings.routes]
         self._token_params = frozenset(gate.source.query_params)
         self._paths: dict[bytes, tuple[str, str]] = {}
-        # id(claims) -> (claims, token, its fingerprint, identity headers, client id)
-        self._verified: dict[
-            int, tuple[Any, str | None, str | None, tuple[tuple[bytes, bytes], ...], str | None]
-        ] = {}
+        self._verified: dict[int, _Verified] = {}  # by id(claims)
         self._requests = RequestRewriter(identity)
         self._responses = ResponseRewriter(_STAMPED)
         self._in_flight = 0
