@@ -7,10 +7,13 @@ puts ``benchmarks/`` on ``sys.path``).
 from __future__ import annotations
 
 import gc
+import os
 import re
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from gatekeeper.issuer import DevIssuer
@@ -130,3 +133,20 @@ def wrk_counts(output: str) -> tuple[int, float, int]:
         float(rate.group(1)),
         int(non_2xx.group(1)) if non_2xx else 0,
     )
+
+
+def under_callgrind() -> bool:
+    """Whether this process runs under valgrind (its preload library is mapped)."""
+    return any("vgpreload" in line for line in Path("/proc/self/maps").read_text().splitlines())
+
+
+def callgrind_count(out: str, dump: int, work: Callable[[], object]) -> int:
+    """Instructions callgrind counts while ``work()`` runs: the counters are zeroed, ``work``
+    runs, the counters are dumped (``callgrind_control``) to ``OUT.<dump>``, the dump's total
+    is read back. Dumps are numbered from 1 in the order they are made."""
+    pid = str(os.getpid())
+    subprocess.run(["callgrind_control", "-z", pid], capture_output=True, check=True)
+    work()
+    subprocess.run(["callgrind_control", "-d", pid], capture_output=True, check=True)
+    lines = Path(f"{out}.{dump}").read_text().splitlines()
+    return int(next(line for line in lines if line.startswith(("summary:", "totals:"))).split()[1])

@@ -47,20 +47,17 @@ import argparse
 import asyncio
 import cProfile
 import gc
-import os
 import pstats
 import statistics
-import subprocess
 import sys
 import time
 import tomllib
 from collections.abc import Callable, Sequence
 from email.utils import formatdate
-from pathlib import Path
 from typing import Any
 
 import uvicorn
-from _common import realistic_token, table
+from _common import callgrind_count, realistic_token, table, under_callgrind
 from uvicorn.server import ServerState
 
 from gatekeeper.gateway.app import build_gateway
@@ -388,25 +385,18 @@ def callgrind_table(issuer: DevIssuer, token: str, stacks: Sequence[str], reques
     after a warm-up, dumped after ``requests`` requests (``callgrind_control``), read back from
     the numbered dump files ``OUT.1``, ``OUT.2``, ... The first dump has no requests: what the
     two ``callgrind_control`` calls cost this process, taken off every variant's count."""
-    if not any("vgpreload" in line for line in Path("/proc/self/maps").read_text().splitlines()):
+    if not under_callgrind():
         raise SystemExit("--callgrind: run this under valgrind --tool=callgrind --callgrind-out-file=OUT")
     callers = stack_callers(issuer, token, stacks)
     check(callers)
     loop = asyncio.new_event_loop()
-
-    def counted(dump: int, work: Callable[[], object]) -> int:
-        subprocess.run(["callgrind_control", "-z", str(os.getpid())], capture_output=True, check=True)
-        work()
-        subprocess.run(["callgrind_control", "-d", str(os.getpid())], capture_output=True, check=True)
-        lines = Path(f"{out}.{dump}").read_text().splitlines()
-        return int(next(line for line in lines if line.startswith(("summary:", "totals:"))).split()[1])
-
     counts: dict[str, float] = {}
     try:
-        overhead = counted(1, lambda: None)
+        overhead = callgrind_count(out, 1, lambda: None)
         for dump, (name, caller) in enumerate(callers.items(), start=2):
             loop.run_until_complete(caller.batch(50))
-            total = counted(dump, lambda: loop.run_until_complete(caller.batch(requests)))  # noqa: B023
+            work = lambda: loop.run_until_complete(caller.batch(requests))  # noqa: B023, E731
+            total = callgrind_count(out, dump, work)
             counts[name] = (total - overhead) / requests
     finally:
         loop.close()

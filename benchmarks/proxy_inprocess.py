@@ -34,16 +34,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import statistics
-import subprocess
 import sys
 import tomllib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
-from _common import realistic_token, table
+from _common import callgrind_count, realistic_token, table, under_callgrind
 from gateway import GATEKEEPER_TOML, ORIGINAL_URI, minimal_proxy_app
 from gateway_inprocess import StackCaller
 
@@ -136,29 +133,19 @@ async def timed(variants: dict[str, StackCaller], rounds: int, requests: int) ->
     return samples
 
 
-def counted(loop: asyncio.AbstractEventLoop, caller: StackCaller, requests: int, out: str, dump: int) -> int:
-    """Instructions callgrind counted over ``requests`` requests (``OUT.<dump>``)."""
-    pid = str(os.getpid())
-    subprocess.run(["callgrind_control", "-z", pid], capture_output=True, check=True)
-    if requests:
-        loop.run_until_complete(caller.batch(requests))
-    subprocess.run(["callgrind_control", "-d", pid], capture_output=True, check=True)
-    lines = Path(f"{out}.{dump}").read_text().splitlines()
-    return int(next(line for line in lines if line.startswith(("summary:", "totals:"))).split()[1])
-
-
 def callgrind_table(
     loop: asyncio.AbstractEventLoop, variants: dict[str, StackCaller], requests: int, out: str
 ) -> str:
     """Instructions per request of each variant; the first dump (no requests) is what the two
     ``callgrind_control`` calls cost, taken off every count."""
-    if not any("vgpreload" in line for line in Path("/proc/self/maps").read_text().splitlines()):
+    if not under_callgrind():
         raise SystemExit("--callgrind: run under valgrind --tool=callgrind --callgrind-out-file=OUT")
-    overhead = counted(loop, variants["floor"], 0, out, 1)
+    overhead = callgrind_count(out, 1, lambda: None)
     counts = {}
     for dump, (name, caller) in enumerate(variants.items(), start=2):
         loop.run_until_complete(caller.batch(50))
-        counts[name] = (counted(loop, caller, requests, out, dump) - overhead) / requests
+        work = lambda: loop.run_until_complete(caller.batch(requests))  # noqa: B023, E731
+        counts[name] = (callgrind_count(out, dump, work) - overhead) / requests
     floor = counts["floor"]
     rows = [[name, f"{count:,.0f}", f"{count - floor:+,.0f}"] for name, count in counts.items()]
     return "\n".join(
