@@ -23,11 +23,17 @@ Request (:class:`RequestRewriter`), the headers the upstream gets:
 Response (:class:`ResponseRewriter`): hop-by-hop headers and the ones the serving stack stamps
 itself (``Date``, ``Server``) are removed, names come back lower case, and the
 ``Content-Length`` is read in the same pass.
+
+Each direction has a common pass for the usual message (every name already classified, none of
+the rare kinds: framing, forwarding, ``Connection``; a response with at most one plain
+``Content-Length``) and the general pass for the rest. The common passes run in C where
+``gatekeeper.gateway._headers`` was built (:func:`rewrite_request_py` and
+:func:`rewrite_response_py` are their Python twins, held to the same answers by the tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 from .hop import Headers, is_hop_by_hop
@@ -72,16 +78,91 @@ def _content_length(value: bytes, found: int | None) -> int:
     return number if found is None or found == number else BAD_LENGTH
 
 
+def rewrite_request_py(
+    headers: Sequence[tuple[bytes, bytes]],
+    classified: Mapping[bytes, tuple[int, bytes]],
+    forward_authorization: bool,
+) -> tuple[Headers, bytes | None] | None:
+    """The request's common pass: ``(the client's headers the upstream gets, the client's
+    Host)`` when every name is in ``classified`` and none is of a rare kind, else None (the
+    general pass decides). Twin of ``gatekeeper.gateway._headers.rewrite_request``."""
+    out: Headers = []
+    client_host: bytes | None = None
+    for name, value in headers:
+        known = classified.get(name)
+        if known is None:
+            return None
+        kind, lower = known
+        if kind == _KEEP:
+            out.append((lower, value))
+        elif kind == _HOST:
+            client_host = value
+        elif kind == _AUTHORIZATION:
+            if forward_authorization:
+                out.append((lower, value))
+        elif kind != _DROP:
+            return None
+    return out, client_host
+
+
+def rewrite_response_py(
+    headers: Sequence[tuple[bytes, bytes]],
+    classified: Mapping[bytes, tuple[bool, bool, bool, bytes]],
+) -> tuple[Headers, int | None] | None:
+    """The response's common pass: ``(the headers the client gets, the Content-Length)`` when
+    every name is in ``classified``, no ``Connection`` header came and at most one
+    ``Content-Length`` of plain digits (at most 18), else None (the general pass decides). Twin
+    of ``gatekeeper.gateway._headers.rewrite_response``."""
+    out: Headers = []
+    length: int | None = None
+    for name, value in headers:
+        known = classified.get(name)
+        if known is None:
+            return None
+        relayed, is_length, is_connection, lower = known
+        if is_connection:
+            return None
+        if not relayed:
+            continue
+        if is_length:
+            if length is not None or not value.isdigit() or len(value) > 18:
+                return None
+            length = int(value)
+        out.append((lower, value))
+    return out, length
+
+
+RequestPass = Callable[
+    [Sequence[tuple[bytes, bytes]], Mapping[bytes, tuple[int, bytes]], bool],
+    tuple[Headers, bytes | None] | None,
+]
+ResponsePass = Callable[
+    [Sequence[tuple[bytes, bytes]], Mapping[bytes, tuple[bool, bool, bool, bytes]]],
+    tuple[Headers, int | None] | None,
+]
+
+try:
+    from . import _headers
+except ImportError:  # built without a C compiler: the twins
+    _headers = None  # type: ignore[assignment]
+
+#: The common passes the rewriters use by default: C where it was built, else the twins.
+COMMON_REQUEST: RequestPass = rewrite_request_py if _headers is None else _headers.rewrite_request
+COMMON_RESPONSE: ResponsePass = rewrite_response_py if _headers is None else _headers.rewrite_response
+
+
 def _connection_names(values: Iterable[bytes]) -> frozenset[str]:
     """The header names ``Connection`` values list, as :func:`normal_name` gives them."""
     return frozenset(normal_name(token) for value in values for token in value.split(b",") if token.strip())
 
 
 class RequestRewriter:
-    """The upstream's request headers (see the module docstring), for one ``identity``."""
+    """The upstream's request headers (see the module docstring), for one ``identity``;
+    ``common`` is the common pass (None: :data:`COMMON_REQUEST`)."""
 
-    def __init__(self, identity: IdentityHeaders) -> None:
+    def __init__(self, identity: IdentityHeaders, common: RequestPass | None = None) -> None:
         self.identity = identity
+        self._common = common or COMMON_REQUEST
         self._classified: dict[bytes, tuple[int, bytes]] = {}
 
     def classify(self, name: bytes) -> tuple[int, bytes]:
@@ -102,7 +183,7 @@ class RequestRewriter:
 
     def rewrite(
         self,
-        headers: Iterable[tuple[bytes, bytes]],
+        headers: Sequence[tuple[bytes, bytes]],
         settings: UpstreamSettings,
         netloc: bytes,
         peer: bytes,
@@ -114,6 +195,30 @@ class RequestRewriter:
         ``netloc`` is the upstream's own host (``Host`` unless it is forwarded), ``peer`` the
         client's address and ``scheme`` the request's (``X-Forwarded-For``/``-Proto``),
         ``identity`` the verified identity headers, added last."""
+        common = self._common(headers, self._classified, settings.forward_authorization)
+        if common is not None:
+            out, client_host = common
+            length: int | None = None
+            coded = False
+            forwarded_host = client_host
+        else:
+            out, length, coded, client_host, forwarded_host, peer, scheme = self._general(
+                headers, settings, peer, scheme
+            )
+        out.append((b"host", client_host if settings.host == "forward" and client_host else netloc))
+        if settings.x_forwarded != "off":
+            out.append((b"x-forwarded-for", peer))
+            out.append((b"x-forwarded-proto", scheme))
+            if forwarded_host is not None:
+                out.append((b"x-forwarded-host", forwarded_host))
+        out.extend(identity)
+        return out, length, coded
+
+    def _general(
+        self, headers: Iterable[tuple[bytes, bytes]], settings: UpstreamSettings, peer: bytes, scheme: bytes
+    ) -> tuple[Headers, int | None, bool, bytes | None, bytes | None, bytes, bytes]:
+        """The general pass: names classified (and remembered) as they come, the rare kinds
+        applied by :func:`_apply_rare`."""
         known = self._classified.get
         classify = self.classify
         out: Headers = []
@@ -130,21 +235,9 @@ class RequestRewriter:
                     out.append((lower, value))
             elif kind != _DROP:
                 rare.append((kind, lower, value))
-        length: int | None = None
-        coded = False
-        forwarded_host = client_host
-        if rare:
-            out, length, coded, client_host, forwarded_host, peer, scheme = _apply_rare(
-                rare, out, settings, client_host, peer, scheme
-            )
-        out.append((b"host", client_host if settings.host == "forward" and client_host else netloc))
-        if settings.x_forwarded != "off":
-            out.append((b"x-forwarded-for", peer))
-            out.append((b"x-forwarded-proto", scheme))
-            if forwarded_host is not None:
-                out.append((b"x-forwarded-host", forwarded_host))
-        out.extend(identity)
-        return out, length, coded
+        if not rare:
+            return out, None, False, client_host, client_host, peer, scheme
+        return _apply_rare(rare, out, settings, client_host, peer, scheme)
 
 
 def _apply_rare(
@@ -199,10 +292,12 @@ def _apply_rare(
 
 class ResponseRewriter:
     """The response headers the client gets (see the module docstring): hop-by-hop headers
-    and the ``stamped`` ones (lower case) removed, names lower case."""
+    and the ``stamped`` ones (lower case) removed, names lower case; ``common`` is the common
+    pass (None: :data:`COMMON_RESPONSE`)."""
 
-    def __init__(self, stamped: frozenset[bytes]) -> None:
+    def __init__(self, stamped: frozenset[bytes], common: ResponsePass | None = None) -> None:
         self.stamped = stamped
+        self._common = common or COMMON_RESPONSE
         # name -> (relayed, is Content-Length, is Connection, lower-case name)
         self._classified: dict[bytes, tuple[bool, bool, bool, bytes]] = {}
 
@@ -218,9 +313,12 @@ class ResponseRewriter:
                 self._classified[name] = known
         return known
 
-    def rewrite(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[Headers, int | None]:
+    def rewrite(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[Headers, int | None]:
         """``(the headers for the client, the Content-Length)``; the length is None when
         absent and :data:`BAD_LENGTH` when malformed or contradictory."""
+        common = self._common(headers, self._classified)
+        if common is not None:
+            return common
         known = self._classified.get
         classify = self.classify
         out: Headers = []

@@ -46,13 +46,12 @@ _LAST_CHUNK: Final = b"0\r\n\r\n"
 _NEVER: Final = float("inf")
 
 
-def request_head(
+def request_head_py(
     method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]], chunked: bool
-) -> bytes:
-    """The request line and header block; ``chunked`` adds ``Transfer-Encoding: chunked``.
-
-    Raises :class:`UnsafeRequest` when a CR, LF or NUL inside the target or a header would
-    change the message's framing (the server in front already refuses them: defence in depth)."""
+) -> bytes | None:
+    """The request line and header block (``chunked`` adds ``Transfer-Encoding: chunked``), or
+    None when a CR, LF or NUL inside the method, the target or a header would change the
+    message's framing. Twin of ``gatekeeper.gateway._headers.request_head``."""
     lines = [method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in headers:
         lines += (name, b": ", value, b"\r\n")
@@ -62,6 +61,28 @@ def request_head(
     head = b"".join(lines)
     breaks = len(headers) + chunked + 2
     if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\0" in head:
+        return None
+    return head
+
+
+try:
+    from . import _headers
+except ImportError:  # built without a C compiler: the twin
+    _headers = None  # type: ignore[assignment]
+
+_build_head: Final = request_head_py if _headers is None else _headers.request_head
+
+
+def request_head(
+    method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]], chunked: bool
+) -> bytes:
+    """The request line and header block; ``chunked`` adds ``Transfer-Encoding: chunked``.
+
+    Raises :class:`UnsafeRequest` when a CR, LF or NUL inside the target or a header would
+    change the message's framing (the server in front already refuses them: defence in depth).
+    Built in C where ``gatekeeper.gateway._headers`` was (:func:`request_head_py` is the twin)."""
+    head = _build_head(method, target, headers, chunked)
+    if head is None:
         raise UnsafeRequest("a CR, LF or NUL in the request target or a header")
     return head
 

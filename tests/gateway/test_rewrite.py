@@ -1,5 +1,9 @@
 """The proxy's header rewriting (gatekeeper.gateway.rewrite), as plain data: hop-by-hop removal
-both ways (RFC 9110 7.6.1), identity copies, Host and X-Forwarded-*, the body's framing."""
+both ways (RFC 9110 7.6.1), identity copies, Host and X-Forwarded-*, the body's framing.
+
+Every test runs with each common pass (the C one where it was built, and its Python twin), and
+the helpers rewrite each message twice: once with the names unknown (the general pass), once
+with them classified (the common pass, where the message is a common one); both must agree."""
 
 from __future__ import annotations
 
@@ -8,26 +12,61 @@ from typing import Any
 import pytest
 
 from gatekeeper.claims import Claims
+from gatekeeper.gateway import rewrite as rewrite_module
 from gatekeeper.gateway.identity import IdentityHeaders
 from gatekeeper.gateway.proxy import UpstreamSettings
-from gatekeeper.gateway.rewrite import BAD_LENGTH, CLASSIFIED_MAX, RequestRewriter, ResponseRewriter
+from gatekeeper.gateway.rewrite import (
+    BAD_LENGTH,
+    CLASSIFIED_MAX,
+    RequestRewriter,
+    ResponseRewriter,
+    rewrite_request_py,
+    rewrite_response_py,
+)
+
+try:
+    from gatekeeper.gateway import _headers
+except ImportError:  # no compiler where the package was installed
+    _headers = None  # type: ignore[assignment]
 
 STAMPED = frozenset({b"date", b"server"})
 IDENTITY = ((b"x-auth-subject", b"alice"),)
 
 
 Headers = list[tuple[bytes, bytes]]
+PASSES = [pytest.param((rewrite_request_py, rewrite_response_py), id="python")]
+if _headers is not None:
+    PASSES.append(pytest.param((_headers.rewrite_request, _headers.rewrite_response), id="c"))
+
+
+@pytest.fixture(autouse=True, params=PASSES)
+def common_pass(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test with each implementation of the common passes."""
+    request_pass, response_pass = request.param
+    monkeypatch.setattr(rewrite_module, "COMMON_REQUEST", request_pass)
+    monkeypatch.setattr(rewrite_module, "COMMON_RESPONSE", response_pass)
 
 
 def rewrite(headers: Headers, **settings: Any) -> tuple[Headers, Any, bool]:
     upstream = UpstreamSettings("http://up.internal:8080", **settings)
-    return RequestRewriter(IdentityHeaders()).rewrite(
-        headers, upstream, b"up.internal:8080", b"10.0.0.9", b"https", IDENTITY
-    )
+    rewriter = RequestRewriter(IdentityHeaders())
+    answers = [
+        rewriter.rewrite(list(headers), upstream, b"up.internal:8080", b"10.0.0.9", b"https", IDENTITY)
+        for _ in range(2)
+    ]
+    assert answers[0] == answers[1]  # names unknown, then classified
+    return answers[0]
 
 
 def relayed(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return ResponseRewriter(STAMPED).rewrite(headers)[0]
+    return response(headers)[0]
+
+
+def response(headers: Headers) -> tuple[Headers, Any]:
+    rewriter = ResponseRewriter(STAMPED)
+    answers = [rewriter.rewrite(list(headers)) for _ in range(2)]
+    assert answers[0] == answers[1]
+    return answers[0]
 
 
 HOP_BY_HOP = [
@@ -98,7 +137,7 @@ def test_stamped_response_headers_are_removed_in_any_case() -> None:
 def test_the_content_length_is_read_in_the_same_pass(values: list[bytes], length: int | None) -> None:
     headers = [(b"Content-Length", value) for value in values]
     assert rewrite(headers)[1] == length
-    assert ResponseRewriter(STAMPED).rewrite(headers)[1] == length
+    assert response(headers)[1] == length
 
 
 def test_content_length_named_in_connection_still_frames_the_request_body() -> None:

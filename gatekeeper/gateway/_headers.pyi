@@ -1,0 +1,14 @@
+from collections.abc import Mapping, Sequence
+
+def request_head(
+    method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]], chunked: bool
+) -> bytes | None: ...
+def rewrite_request(
+    headers: Sequence[tuple[bytes, bytes]],
+    classified: Mapping[bytes, tuple[int, bytes]],
+    forward_authorization: bool,
+) -> tuple[list[tuple[bytes, bytes]], bytes | None] | None: ...
+def rewrite_response(
+    headers: Sequence[tuple[bytes, bytes]],
+    classified: Mapping[bytes, tuple[bool, bool, bool, bytes]],
+) -> tuple[list[tuple[bytes, bytes]], int | None] | None: ...
