@@ -149,9 +149,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def stale(self) -> bool:
-        """For an idle connection: it must not be used (closed, or the upstream sent something:
-        EOF included, which may still be unread in the kernel)."""
-        if not self.reusable:
+        """For an idle connection (one :meth:`finish` found :attr:`reusable`): it must not be
+        used (closed, or the upstream sent something: EOF included, which may still be unread
+        in the kernel). What made it reusable cannot change while it is idle; what can is
+        checked here."""
+        transport = self.transport
+        if self._broken or self._eof or transport is None or transport.is_closing():
             return True
         readable, _, _ = select.select([self.fileno], [], [], 0)
         return bool(readable)
@@ -309,9 +312,13 @@ class UpstreamConnection(asyncio.Protocol):
             handle.cancel()
 
     def _wake(self) -> None:
+        """Wake whoever waits for the connection (callers check ``_waiter`` first: most
+        callbacks come when nobody waits any more)."""
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _fail(self, error: Exception) -> None:
         if self._error is None:
@@ -403,7 +410,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head_request:
             self._complete = True
             self._keep_alive = self._parser.should_keep_alive()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def on_body(self, body: bytes) -> None:
         if self._complete:
@@ -414,7 +422,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._buffered >= READ_AHEAD and not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             self.transport.pause_reading()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def on_message_complete(self) -> None:
         if self._informational:
@@ -425,4 +434,5 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._complete = True
         self._keep_alive = self._parser.should_keep_alive()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
