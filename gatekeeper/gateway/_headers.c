@@ -8,10 +8,10 @@
  * - request_head(method, target, headers, chunked): the request line and header block, or None
  *   when a CR, LF or NUL in any part would change the message's framing (twin:
  *   upstream_conn.request_head_py, whose caller raises UnsafeRequest on None).
- * - rewrite_request(headers, classified, forward_authorization): the common pass of
- *   RequestRewriter.rewrite (twin: rewrite.rewrite_request_py): every header name already
- *   classified and none of the rare kinds (framing, forwarding, Connection); else None and the
- *   general path runs.
+ * - rewrite_request(headers, classified, forward_authorization, forward_host, x_forwarded,
+ *   netloc, peer, scheme, identity): RequestRewriter.rewrite's headers for a common request
+ *   (twin: rewrite.rewrite_request_py): every header name already classified and none of the
+ *   rare kinds (framing, forwarding, Connection); else None and the general path runs.
  * - rewrite_response(headers, classified): the common pass of ResponseRewriter.rewrite (twin:
  *   rewrite.rewrite_response_py): every name classified, no Connection header, at most one
  *   plain-digits Content-Length; else None.
@@ -29,6 +29,9 @@
 #define KIND_DROP 1
 #define KIND_HOST 3
 #define KIND_AUTHORIZATION 4
+
+/* The header names the common request pass adds. */
+static PyObject *str_host, *str_x_forwarded_for, *str_x_forwarded_proto, *str_x_forwarded_host;
 
 /* A header pair's (name, value) as borrowed references; 0 when it is not a 2-tuple of bytes. */
 static int
@@ -162,11 +165,50 @@ request_kind(PyObject *classified, PyObject *name, long *kind, PyObject **lower)
     return 1;
 }
 
+/* Append (name, value) pairs: the tail every common request gets (Host, X-Forwarded-*, the
+ * verified identity). 0, or -1 on error. */
+static int
+append_tail(PyObject *out, PyObject *const *args, PyObject *host)
+{
+    /* args: ..., forward_host, x_forwarded, netloc, peer, scheme, identity */
+    int forward_host = PyObject_IsTrue(args[3]);
+    int x_forwarded = PyObject_IsTrue(args[4]);
+    if (forward_host < 0 || x_forwarded < 0) {
+        return -1;
+    }
+    PyObject *netloc = args[5], *peer = args[6], *scheme = args[7], *identity = args[8];
+    int client_host = host != Py_None && PyBytes_GET_SIZE(host) > 0; /* (an empty Host: none) */
+    if (append_pair(out, str_host, forward_host && client_host ? host : netloc) < 0) {
+        return -1;
+    }
+    if (x_forwarded) {
+        if (append_pair(out, str_x_forwarded_for, peer) < 0
+            || append_pair(out, str_x_forwarded_proto, scheme) < 0
+            || (host != Py_None && append_pair(out, str_x_forwarded_host, host) < 0)) {
+            return -1;
+        }
+    }
+    PyObject *fast = PySequence_Fast(identity, "rewrite_request: identity is a sequence of pairs");
+    if (fast == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
+        if (PyList_Append(out, PySequence_Fast_GET_ITEM(fast, i)) < 0) {
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
 static PyObject *
 rewrite_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 || !PyDict_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "rewrite_request(headers, classified: dict, forward_authorization)");
+    if (nargs != 9 || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "rewrite_request(headers, classified: dict, forward_authorization, forward_host, "
+                        "x_forwarded, netloc, peer, scheme, identity)");
         return NULL;
     }
     PyObject *headers = args[0], *classified = args[1];
@@ -212,10 +254,15 @@ rewrite_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             goto general; /* framing, forwarding, Connection: the general path */
         }
     }
-    PyObject *result = PyTuple_Pack(2, out, host);
-    Py_DECREF(out);
+    Py_INCREF(host); /* held past the appends below (the list holds its own references) */
+    int failed = append_tail(out, args, host);
+    Py_DECREF(host);
     Py_DECREF(seq);
-    return result;
+    if (failed) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
 general:
     Py_DECREF(out);
     Py_DECREF(seq);
@@ -327,8 +374,8 @@ static PyMethodDef methods[] = {
      "request_head(method, target, headers, chunked) -> the request line and header block, or None "
      "when a CR, LF or NUL would change the framing."},
     {"rewrite_request", (PyCFunction)(void (*)(void))rewrite_request, METH_FASTCALL,
-     "rewrite_request(headers, classified, forward_authorization) -> (headers, client Host) for "
-     "the common case, else None."},
+     "rewrite_request(headers, classified, forward_authorization, forward_host, x_forwarded, netloc, "
+     "peer, scheme, identity) -> the upstream's headers for the common case, else None."},
     {"rewrite_response", (PyCFunction)(void (*)(void))rewrite_response, METH_FASTCALL,
      "rewrite_response(headers, classified) -> (headers, Content-Length) for the common case, "
      "else None."},
@@ -342,5 +389,13 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__headers(void)
 {
+    str_host = PyBytes_FromString("host");
+    str_x_forwarded_for = PyBytes_FromString("x-forwarded-for");
+    str_x_forwarded_proto = PyBytes_FromString("x-forwarded-proto");
+    str_x_forwarded_host = PyBytes_FromString("x-forwarded-host");
+    if (str_host == NULL || str_x_forwarded_for == NULL || str_x_forwarded_proto == NULL
+        || str_x_forwarded_host == NULL) {
+        return NULL;
+    }
     return PyModule_Create(&module);
 }

@@ -7,7 +7,13 @@ def rewrite_request(
     headers: Sequence[tuple[bytes, bytes]],
     classified: Mapping[bytes, tuple[int, bytes]],
     forward_authorization: bool,
-) -> tuple[list[tuple[bytes, bytes]], bytes | None] | None: ...
+    forward_host: bool,
+    x_forwarded: bool,
+    netloc: bytes,
+    peer: bytes,
+    scheme: bytes,
+    identity: Sequence[tuple[bytes, bytes]],
+) -> list[tuple[bytes, bytes]] | None: ...
 def rewrite_response(
     headers: Sequence[tuple[bytes, bytes]],
     classified: Mapping[bytes, tuple[bool, bool, bool, bytes]],

@@ -82,10 +82,16 @@ def rewrite_request_py(
     headers: Sequence[tuple[bytes, bytes]],
     classified: Mapping[bytes, tuple[int, bytes]],
     forward_authorization: bool,
-) -> tuple[Headers, bytes | None] | None:
-    """The request's common pass: ``(the client's headers the upstream gets, the client's
-    Host)`` when every name is in ``classified`` and none is of a rare kind, else None (the
-    general pass decides). Twin of ``gatekeeper.gateway._headers.rewrite_request``."""
+    forward_host: bool,
+    x_forwarded: bool,
+    netloc: bytes,
+    peer: bytes,
+    scheme: bytes,
+    identity: Sequence[tuple[bytes, bytes]],
+) -> Headers | None:
+    """The request's common pass: the upstream's headers (:meth:`RequestRewriter.rewrite`'s)
+    when every name is in ``classified`` and none is of a rare kind, else None (the general
+    pass decides). Twin of ``gatekeeper.gateway._headers.rewrite_request``."""
     out: Headers = []
     client_host: bytes | None = None
     for name, value in headers:
@@ -102,7 +108,29 @@ def rewrite_request_py(
                 out.append((lower, value))
         elif kind != _DROP:
             return None
-    return out, client_host
+    return _add_tail(out, forward_host, x_forwarded, client_host, client_host, netloc, peer, scheme, identity)
+
+
+def _add_tail(
+    out: Headers,
+    forward_host: bool,
+    x_forwarded: bool,
+    client_host: bytes | None,
+    forwarded_host: bytes | None,
+    netloc: bytes,
+    peer: bytes,
+    scheme: bytes,
+    identity: Sequence[tuple[bytes, bytes]],
+) -> Headers:
+    """``out`` with Host, X-Forwarded-* and the verified identity added."""
+    out.append((b"host", client_host if forward_host and client_host else netloc))
+    if x_forwarded:
+        out.append((b"x-forwarded-for", peer))
+        out.append((b"x-forwarded-proto", scheme))
+        if forwarded_host is not None:
+            out.append((b"x-forwarded-host", forwarded_host))
+    out.extend(identity)
+    return out
 
 
 def rewrite_response_py(
@@ -133,8 +161,18 @@ def rewrite_response_py(
 
 
 RequestPass = Callable[
-    [Sequence[tuple[bytes, bytes]], Mapping[bytes, tuple[int, bytes]], bool],
-    tuple[Headers, bytes | None] | None,
+    [
+        Sequence[tuple[bytes, bytes]],
+        Mapping[bytes, tuple[int, bytes]],
+        bool,
+        bool,
+        bool,
+        bytes,
+        bytes,
+        bytes,
+        Sequence[tuple[bytes, bytes]],
+    ],
+    Headers | None,
 ]
 ResponsePass = Callable[
     [Sequence[tuple[bytes, bytes]], Mapping[bytes, tuple[bool, bool, bool, bytes]]],
@@ -195,23 +233,20 @@ class RequestRewriter:
         ``netloc`` is the upstream's own host (``Host`` unless it is forwarded), ``peer`` the
         client's address and ``scheme`` the request's (``X-Forwarded-For``/``-Proto``),
         ``identity`` the verified identity headers, added last."""
-        common = self._common(headers, self._classified, settings.forward_authorization)
-        if common is not None:
-            out, client_host = common
-            length: int | None = None
-            coded = False
-            forwarded_host = client_host
-        else:
-            out, length, coded, client_host, forwarded_host, peer, scheme = self._general(
-                headers, settings, peer, scheme
-            )
-        out.append((b"host", client_host if settings.host == "forward" and client_host else netloc))
-        if settings.x_forwarded != "off":
-            out.append((b"x-forwarded-for", peer))
-            out.append((b"x-forwarded-proto", scheme))
-            if forwarded_host is not None:
-                out.append((b"x-forwarded-host", forwarded_host))
-        out.extend(identity)
+        forward_host = settings.host == "forward"
+        x_forwarded = settings.x_forwarded != "off"
+        out = self._common(
+            headers, self._classified, settings.forward_authorization, forward_host, x_forwarded,
+            netloc, peer, scheme, identity,
+        )  # fmt: skip
+        if out is not None:
+            return out, None, False
+        out, length, coded, client_host, forwarded_host, peer, scheme = self._general(
+            headers, settings, peer, scheme
+        )
+        out = _add_tail(
+            out, forward_host, x_forwarded, client_host, forwarded_host, netloc, peer, scheme, identity
+        )
         return out, length, coded
 
     def _general(

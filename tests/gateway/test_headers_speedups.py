@@ -132,8 +132,27 @@ def test_request_head_twins_agree_on_any_input(
 # -- rewrite_request -------------------------------------------------------------------------
 
 
+IDENTITY = ((b"x-auth-subject", b"alice"), (b"x-auth-scopes", b"read"))
+
+
+def request_pass(
+    common: Any,
+    headers: Any,
+    table: Any,
+    *,
+    forward_authorization: bool = False,
+    forward_host: bool = False,
+    x_forwarded: bool = True,
+    identity: Any = IDENTITY,
+) -> Any:
+    return common(
+        headers, table, forward_authorization, forward_host, x_forwarded, b"up:80", b"10.0.0.1", b"https",
+        identity,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("common", implementations(rewrite_request_py, "rewrite_request"))
-def test_the_request_pass_keeps_drops_and_takes_the_host(common: Any) -> None:
+def test_the_request_pass_keeps_drops_and_adds_host_forwarding_and_identity(common: Any) -> None:
     headers = [
         (b"Accept", b"*/*"),
         (b"Host", b"api.example"),
@@ -143,12 +162,27 @@ def test_the_request_pass_keeps_drops_and_takes_the_host(common: Any) -> None:
         (b"host", b"second"),
     ]
     table = warm_request_table(headers)
-    assert common(headers, table, False) == ([(b"accept", b"*/*")], b"second")
-    assert common(headers, table, True) == (
-        [(b"accept", b"*/*"), (b"authorization", b"Bearer t")],
-        b"second",
-    )
-    assert common([], table, False) == ([], None)
+    forwarding = [
+        (b"x-forwarded-for", b"10.0.0.1"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", b"second"),
+    ]
+    assert request_pass(common, headers, table) == [
+        (b"accept", b"*/*"), (b"host", b"up:80"), *forwarding, *IDENTITY
+    ]  # fmt: skip
+    assert request_pass(common, headers, table, forward_authorization=True, forward_host=True) == [
+        (b"accept", b"*/*"), (b"authorization", b"Bearer t"), (b"host", b"second"), *forwarding, *IDENTITY
+    ]  # fmt: skip
+    assert request_pass(common, headers, table, x_forwarded=False, identity=()) == [
+        (b"accept", b"*/*"), (b"host", b"up:80")
+    ]  # fmt: skip
+    assert request_pass(common, [], table, forward_host=True) == [
+        (b"host", b"up:80"), *forwarding[:2], *IDENTITY
+    ]  # fmt: skip
+    empty_host = [(b"host", b"")]  # forwarded as it came, never as the upstream's Host
+    assert request_pass(common, empty_host, table, forward_host=True, identity=()) == [
+        (b"host", b"up:80"), *forwarding[:2], (b"x-forwarded-host", b"")
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("common", implementations(rewrite_request_py, "rewrite_request"))
@@ -168,22 +202,25 @@ def test_the_request_pass_leaves_the_rare_kinds_to_the_general_one(
     common: Any, rare: tuple[bytes, bytes]
 ) -> None:
     headers = [(b"accept", b"*/*"), rare]
-    assert common(headers, warm_request_table(headers), False) is None
+    assert request_pass(common, headers, warm_request_table(headers)) is None
 
 
 @pytest.mark.parametrize("common", implementations(rewrite_request_py, "rewrite_request"))
 def test_the_request_pass_leaves_unknown_names_to_the_general_one(common: Any) -> None:
     table = warm_request_table([(b"accept", b"")])
-    assert common([(b"accept", b"*/*"), (b"x-new", b"1")], table, False) is None
+    assert request_pass(common, [(b"accept", b"*/*"), (b"x-new", b"1")], table) is None
 
 
 @needs_c
 def test_the_c_request_pass_leaves_anything_but_tuples_of_bytes_to_the_general_one() -> None:
     table = warm_request_table([(b"accept", b"")])
-    assert _headers.rewrite_request(odd([[b"accept", b"1"]]), table, False) is None
-    assert _headers.rewrite_request(odd([(b"accept", "1")]), table, False) is None
-    assert _headers.rewrite_request(odd(iter([(b"accept", b"1")])), table, False) is None
-    assert _headers.rewrite_request([(b"accept", b"1")], odd({b"accept": (0, "lower")}), False) is None
+    common = _headers.rewrite_request
+    assert request_pass(common, [[b"accept", b"1"]], table) is None
+    assert request_pass(common, [(b"accept", "1")], table) is None
+    assert request_pass(common, iter([(b"accept", b"1")]), table) is None
+    assert request_pass(common, [(b"accept", b"1")], {b"accept": (0, "lower")}) is None
+    with pytest.raises(TypeError):
+        request_pass(common, [], table, identity=None)
 
 
 names = st.sampled_from(
@@ -191,13 +228,22 @@ names = st.sampled_from(
      b"Content-Length", b"Connection", b"X-Forwarded-For", b"x-new", b"TE", b"proxy-x", b"Expect"]
 )  # fmt: skip
 pairs = st.lists(st.tuples(names, st.binary(max_size=6)), max_size=8)
+flags = st.booleans()
 
 
 @needs_c
-@given(headers=pairs, seen=pairs, forward=st.booleans())
-def test_request_pass_twins_agree_on_any_headers(headers: Headers, seen: Headers, forward: bool) -> None:
+@given(headers=pairs, seen=pairs, forward=flags, forward_host=flags, x_forwarded=flags, identity=pairs)
+def test_request_pass_twins_agree_on_any_headers(
+    headers: Headers, seen: Headers, forward: bool, forward_host: bool, x_forwarded: bool, identity: Headers
+) -> None:
     table = warm_request_table(seen)
-    assert _headers.rewrite_request(headers, table, forward) == rewrite_request_py(headers, table, forward)
+    settings: dict[str, Any] = {
+        "forward_authorization": forward, "forward_host": forward_host, "x_forwarded": x_forwarded,
+        "identity": tuple(identity),
+    }  # fmt: skip
+    assert request_pass(_headers.rewrite_request, headers, table, **settings) == request_pass(
+        rewrite_request_py, headers, table, **settings
+    )
 
 
 # -- rewrite_response ------------------------------------------------------------------------
