@@ -206,6 +206,9 @@ class ForwardAuth:
         self._nginx = settings.proxy in ("nginx", "ingress-nginx")
         self._envoy = settings.proxy == "envoy"
         self._render_path = settings.render_path
+        # What handles() compares a path with: the exact paths, and Envoy's prefix.
+        self._paths = frozenset({settings.path, settings.render_path} if self._nginx else {settings.path})
+        self._prefix = settings.path.rstrip("/") + "/" if self._envoy else None
         self._upstream_name = UPSTREAM_HEADERS[settings.proxy].encode("ascii")
         self._uri_upstream = self._upstream_name == UPSTREAM_URI_HEADER.encode("ascii")
         self._token_params = frozenset(gate.source.query_params) | {"bearer_token", "access_token"}
@@ -221,10 +224,9 @@ class ForwardAuth:
 
     def handles(self, path: str) -> bool:
         """Whether a request for ``path`` (the listener's path) is for this endpoint."""
-        base = self.settings.path
-        if path == base or (self._nginx and path == self._render_path):
+        if path in self._paths:
             return True
-        return self.settings.proxy == "envoy" and path.startswith(base.rstrip("/") + "/")
+        return self._prefix is not None and path.startswith(self._prefix)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":

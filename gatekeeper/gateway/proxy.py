@@ -64,9 +64,14 @@ from .upstream_tls import UpstreamTLS
 T = TypeVar("T")
 HostMode = Literal["rewrite", "forward"]
 # What the proxy keeps per verified Claims object: (claims, token, its fingerprint, the
-# identity headers, the client id).
-_Verified = tuple[Any, str | None, str | None, tuple[tuple[bytes, bytes], ...], str | None]
+# identity headers, the client id, the issuer, the subject).
+_Verified = tuple[
+    Any, str | None, str | None, tuple[tuple[bytes, bytes], ...], str | None, str | None, str | None
+]
 ForwardedMode = Literal["set", "append", "off"]
+# A raw path's route (ReverseProxy.route): (normalised path, it as logged, its upstream, the
+# upstream's path for it).
+_Route = tuple[str, str, "_Upstream | None", bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +254,7 @@ class ReverseProxy:
         self._default = _Upstream(settings.upstream) if settings.upstream is not None else None
         self._routes = [(compile_pattern(route.path), _Upstream(route.upstream)) for route in settings.routes]
         self._token_params = frozenset(gate.source.query_params)
-        self._paths: dict[bytes, tuple[str, str]] = {}
+        self._paths: dict[bytes, _Route] = {}
         self._verified: dict[int, _Verified] = {}  # by id(claims)
         self._requests = RequestRewriter(identity)
         self._responses = ResponseRewriter(_STAMPED)
@@ -274,20 +279,46 @@ class ReverseProxy:
         return self._default
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            started = time.perf_counter()
-            record = RequestRecord("proxy", scope["method"], "", 0, "error", 0.0, 0.0)
+        if scope["type"] != "http":
+            await self._not_http(scope, receive, send)
+            return
+        started = time.perf_counter()
+        record = RequestRecord("proxy", scope["method"], "", 0, "error", 0.0, 0.0)
+        try:
+            raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
             try:
-                await self._handle(scope, receive, send, record, started)
-            finally:
-                record.latency = time.perf_counter() - started
-                self.reporter(record)
-        elif kind == "websocket":
+                path, logged, upstream, target = self.route(raw_path)
+            except PathRejected as rejected:
+                record.path = self.logged_path(scope)
+                record.error_kind = "bad_path"
+                await self._render(send, record, AuthError("invalid_request", rejected.reason), 400)
+                return
+            headers: list[tuple[bytes, bytes]] = scope["headers"]
+            query: bytes = scope.get("query_string", b"")
+            record.path = self.logged_path(scope, path) if query else logged
+            gate = self.gate
+            rule = gate.match(scope["method"], path)
+            result = gate.allow_cached(rule, headers, query) or await gate.decide_rule(rule, headers, query)
+            record.decision_latency = time.perf_counter() - started
+            record.rule = result.rule.path
+            if isinstance(result, Deny):
+                await self._deny(send, record, result)
+                return
+            identity = self._fill_identity(record, result)
+            if upstream is None:
+                await self._fail(send, record, 404, "no_upstream", "No upstream serves this path")
+                return
+            await self._forward(scope, receive, send, record, upstream, target, identity)
+        finally:
+            record.latency = time.perf_counter() - started
+            self.reporter(record)
+
+    async def _not_http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
             from .wsproxy import proxy_websocket  # websockets is imported only when used
 
             await proxy_websocket(self, scope, receive, send)
-        elif kind == "lifespan":
+        elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -308,84 +339,38 @@ class ReverseProxy:
         query = logged_query(scope.get("query_string", b""), self._token_params)
         return printable(f"{path}?{query}" if query else path)
 
-    def normalised(self, raw_path: bytes) -> tuple[str, str]:
-        """``(the normalised path, it as logged)`` (:func:`normalise_path`, which raises
-        :class:`PathRejected`); remembered per raw path, at most :data:`PATHS_KEPT` (paths
-        are the client's choice: past the bound they are normalised each time)."""
+    def route(self, raw_path: bytes) -> _Route:
+        """``(the normalised path, it as logged, its upstream, the upstream's path for it)``
+        (:func:`normalise_path`, which raises :class:`PathRejected`; :meth:`upstream_for`);
+        remembered per raw path, at most :data:`PATHS_KEPT` (paths are the client's choice:
+        past the bound they are worked out each time)."""
         known = self._paths.get(raw_path)
         if known is None:
             path = normalise_path(raw_path)
-            known = (path, printable(path))
+            upstream = self.upstream_for(path)
+            target = upstream.base_path + path.encode("ascii") if upstream is not None else b""
+            known = (path, printable(path), upstream, target)
             if len(self._paths) < PATHS_KEPT:
                 self._paths[raw_path] = known
         return known
 
-    async def _handle(
-        self,
-        scope: dict[str, Any],
-        receive: Receive,
-        send: Send,
-        record: RequestRecord,
-        started: float,
-    ) -> None:
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        try:
-            path, logged = self.normalised(raw_path)
-        except PathRejected as rejected:
-            record.path = self.logged_path(scope)
-            record.error_kind = "bad_path"
-            await self._render(send, record, AuthError("invalid_request", rejected.reason), 400)
-            return
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        query: bytes = scope.get("query_string", b"")
-        record.path = self.logged_path(scope, path) if query else logged
-        gate = self.gate
-        rule = gate.match(scope["method"], path)
-        result = gate.allow_cached(rule, headers, query) or await gate.decide_rule(rule, headers, query)
-        record.decision_latency = time.perf_counter() - started
-        record.rule = result.rule.path
-        if isinstance(result, Deny):
-            if result.token is not None:
-                record.token = token_fingerprint(result.token)
-            record.decision = "deny"
-            record.error_kind = result.error.kind
-            record.issuer = result.error.issuer
-            rendered = self.profile.render(result.error)
-            record.status = rendered.status
-            await send_rendered(send, rendered)
-            return
-        identity = self._fill_identity(record, result)
-        upstream = self.upstream_for(path)
-        if upstream is None:
-            await self._fail(send, record, 404, "no_upstream", "No upstream serves this path")
-            return
-        upstream_headers, length, coded = self._rewrite(scope, identity, upstream)
-        if length == BAD_LENGTH:
-            record.error_kind = "bad_request"
-            await self._render(send, record, AuthError("invalid_request", "Bad Content-Length"), 400)
-            return
-        limit = self.settings.max_request_body
-        if limit is not None and length is not None and length > limit:
-            await self._too_large(send, record)
-            return
-        if self._in_flight >= self.settings.max_in_flight:
-            await self._fail(send, record, 503, "upstream_busy", "Too many requests in flight", retry=True)
-            return
-        self._in_flight += 1
-        try:
-            has_body = coded or (length is not None and length > 0)
-            await self._forward(
-                scope, receive, send, record, upstream_headers, upstream, path, length, has_body
-            )
-        finally:
-            self._in_flight -= 1
+    async def _deny(self, send: Send, record: RequestRecord, deny: Deny) -> None:
+        if deny.token is not None:
+            record.token = token_fingerprint(deny.token)
+        record.decision = "deny"
+        record.error_kind = deny.error.kind
+        record.issuer = deny.error.issuer
+        rendered = self.profile.render(deny.error)
+        record.status = rendered.status
+        await send_rendered(send, rendered)
 
     def _fill_identity(self, record: RequestRecord, allow: Allow) -> tuple[tuple[bytes, bytes], ...]:
         """Record an allowed request's identity; returns the identity headers for the upstream.
 
         What a verified Claims object gives (the token's fingerprint, the identity headers, the
-        client id) is worked out once per object and token, and remembered (bounded, emptied
-        wholesale when full; the entry holds the claims, so their id is not reused meanwhile)."""
+        client id, issuer and subject) is worked out once per object and token, and remembered
+        (bounded, emptied wholesale when full; the entry holds the claims, so their id is not
+        reused meanwhile)."""
         record.decision = "allow"
         claims, token = allow.claims, allow.token
         if claims is None:
@@ -401,16 +386,15 @@ class ReverseProxy:
                 token_fingerprint(token) if token is not None else None,
                 self.identity.rendered(claims),
                 client_id_of(claims),
+                claims.issuer,
+                claims.subject,
             )
             if len(verified) >= MEMO_SIZE:
                 verified.clear()
             verified[id(claims)] = entry
         record.cached = allow.cached
-        record.issuer = claims.issuer
-        record.subject = claims.subject
-        record.token = entry[2]
-        record.client_id = entry[4]
-        return entry[3]
+        _, _, record.token, identity, record.client_id, record.issuer, record.subject = entry
+        return identity
 
     def upstream_headers(self, scope: dict[str, Any], allow: Allow, upstream: _Upstream) -> Headers:
         """The headers the upstream gets (:class:`~.rewrite.RequestRewriter`): hop-by-hop and
@@ -432,8 +416,10 @@ class ReverseProxy:
 
     def upstream_target(self, upstream: _Upstream, path: str, query: bytes) -> bytes:
         """Base path + normalised path + the query without token parameters."""
+        return self._with_query(upstream.base_path + path.encode("ascii"), query)
+
+    def _with_query(self, target: bytes, query: bytes) -> bytes:
         query = strip_query_params(query, self._token_params)
-        target = upstream.base_path + path.encode("ascii")
         return target + b"?" + query if query else target
 
     async def _forward(
@@ -442,63 +428,82 @@ class ReverseProxy:
         receive: Receive,
         send: Send,
         record: RequestRecord,
-        headers: Headers,
         upstream: _Upstream,
-        path: str,
-        length: int | None,
-        has_body: bool,
+        target: bytes,
+        identity: Sequence[tuple[bytes, bytes]],
     ) -> None:
-        target = self.upstream_target(upstream, path, scope.get("query_string", b""))
-        # (a body without Content-Length is sent chunked: the connection frames it)
-        content = self._request_body(receive, self.settings.max_request_body) if has_body else None
-        total = upstream.settings.total_timeout
-        deadline = anyio.current_time() + total if total is not None else None
-        sent = time.perf_counter()
-        try:
-            exchange = self.transport.exchange(
-                scope["method"].encode("ascii"), upstream.origin, target, headers, content, length,
-                upstream.timeouts,
-            )  # fmt: skip
-            response = await (exchange if deadline is None else _within(deadline, exchange))
-        except BodyTooLarge:
+        """Send an allowed request to ``upstream`` (``target``: the path there) and relay its
+        answer."""
+        headers, length, coded = self._rewrite(scope, identity, upstream)
+        if length == BAD_LENGTH:
+            record.error_kind = "bad_request"
+            await self._render(send, record, AuthError("invalid_request", "Bad Content-Length"), 400)
+            return
+        limit = self.settings.max_request_body
+        if limit is not None and length is not None and length > limit:
             await self._too_large(send, record)
             return
-        except ClientGone:
+        if self._in_flight >= self.settings.max_in_flight:
+            await self._fail(send, record, 503, "upstream_busy", "Too many requests in flight", retry=True)
+            return
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            target = self._with_query(target, query)
+        # (a body without Content-Length is sent chunked: the connection frames it)
+        has_body = coded or (length is not None and length > 0)
+        content = self._request_body(receive, limit) if has_body else None
+        total = upstream.settings.total_timeout
+        deadline = anyio.current_time() + total if total is not None else None
+        self._in_flight += 1
+        try:
+            sent = time.perf_counter()
+            try:
+                exchange = self.transport.exchange(
+                    scope["method"].encode("ascii"), upstream.origin, target, headers, content, length,
+                    upstream.timeouts,
+                )  # fmt: skip
+                response = await (exchange if deadline is None else _within(deadline, exchange))
+            except (BodyTooLarge, ClientGone, UpstreamError, TimeoutError) as failed:
+                await self._exchange_failed(send, record, failed)
+                return
+            record.upstream_latency = time.perf_counter() - sent
+            record.upstream_status = record.status = response.status
+            try:
+                relayed, size = self._responses.rewrite(response.headers)
+                await send({"type": "http.response.start", "status": response.status, "headers": relayed})
+                small = size is not None and 0 <= size <= _SMALL_BODY
+                whole = response.read_rest() if small else None
+                if whole is not None:  # the body came with the head: one send, no relay loop
+                    await send({"type": "http.response.body", "body": whole})
+                    return
+                relay = _relay(response, send) if small else _relay_watching(response, receive, send)
+                await (relay if deadline is None else _within(deadline, relay))
+            except (UpstreamError, TimeoutError) as exc:
+                record.error_kind = "upstream_aborted"
+                raise UpstreamAborted(f"upstream failed mid-response: {type(exc).__name__}") from None
+            finally:
+                self.transport.release(response)
+        finally:
+            self._in_flight -= 1
+
+    async def _exchange_failed(self, send: Send, record: RequestRecord, failed: Exception) -> None:
+        """The answer when a request could not be sent or answered (nothing was relayed yet)."""
+        if isinstance(failed, BodyTooLarge):
+            await self._too_large(send, record)
+        elif isinstance(failed, ClientGone):
             record.error_kind = "client_gone"
             record.status = 499  # nginx's code for "client closed request"; nothing is sent
-            return
-        except PoolTimeout:
+        elif isinstance(failed, PoolTimeout):
             await self._fail(send, record, 503, "upstream_busy", "No upstream connection free", retry=True)
-            return
-        except (UpstreamTimeout, TimeoutError):
+        elif isinstance(failed, (UpstreamTimeout, TimeoutError)):
             await self._fail(send, record, 504, "upstream_timeout", "The upstream service timed out")
-            return
-        except UnsafeRequest:
+        elif isinstance(failed, UnsafeRequest):
             record.error_kind = "bad_request"
             await self._render(send, record, AuthError("invalid_request", "Malformed request"), 400)
-            return
-        except UpstreamError:
+        else:
             await self._fail(
                 send, record, 502, "upstream_unreachable", "The upstream service could not be reached"
             )
-            return
-        record.upstream_latency = time.perf_counter() - sent
-        record.upstream_status = record.status = response.status
-        try:
-            relayed, size = self._responses.rewrite(response.headers)
-            await send({"type": "http.response.start", "status": response.status, "headers": relayed})
-            small = size is not None and 0 <= size <= _SMALL_BODY
-            whole = response.read_rest() if small else None
-            if whole is not None:  # the body came with the head: one send, no relay loop
-                await send({"type": "http.response.body", "body": whole})
-                return
-            relay = _relay(response, send) if small else _relay_watching(response, receive, send)
-            await (relay if deadline is None else _within(deadline, relay))
-        except (UpstreamError, TimeoutError) as exc:
-            record.error_kind = "upstream_aborted"
-            raise UpstreamAborted(f"upstream failed mid-response: {type(exc).__name__}") from None
-        finally:
-            self.transport.release(response)
 
     @staticmethod
     async def _request_body(receive: Receive, limit: int | None) -> AsyncIterator[bytes]:
