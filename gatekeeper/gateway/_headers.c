@@ -161,6 +161,10 @@ request_kind(PyObject *classified, PyObject *name, long *kind, PyObject **lower)
         return 0;
     }
     *kind = PyLong_AsLong(PyTuple_GET_ITEM(known, 0));
+    if (*kind == -1 && PyErr_Occurred()) {
+        PyErr_Clear(); /* not one of rewrite.py's kinds: the general path */
+        return 0;
+    }
     *lower = PyTuple_GET_ITEM(known, 1);
     return 1;
 }

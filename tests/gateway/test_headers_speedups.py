@@ -219,6 +219,7 @@ def test_the_c_request_pass_leaves_anything_but_tuples_of_bytes_to_the_general_o
     assert request_pass(common, [(b"accept", "1")], table) is None
     assert request_pass(common, iter([(b"accept", b"1")]), table) is None
     assert request_pass(common, [(b"accept", b"1")], {b"accept": (0, "lower")}) is None
+    assert request_pass(common, [(b"accept", b"1")], {b"accept": (2**80, b"accept")}) is None
     with pytest.raises(TypeError):
         request_pass(common, [], table, identity=None)
 
