@@ -29,6 +29,17 @@ EXTRA_CLAIMS: dict[str, Any] = {
 }
 
 
+class ManualClock:
+    """A clock the benchmark moves by hand (``clock.now = ...``): token lifetimes and key
+    freshness run out without waiting."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def realistic_token(issuer: DevIssuer, alg: str, *, expires_in: float = 3600) -> str:
     """A signed access token of realistic size and claims."""
     return issuer.mint(EXTRA_CLAIMS, alg=alg, scope=SCOPE, expires_in=expires_in)

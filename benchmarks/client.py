@@ -31,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
-from _common import fmt_us, median, table
+from _common import ManualClock, fmt_us, median, table
 
 with warnings.catch_warnings():  # Authlib >= 1.9 would rather drive httpx2; httpx is what we compare on
     warnings.simplefilter("ignore")
@@ -46,14 +46,6 @@ warnings.filterwarnings("ignore", message="The httpx module is deprecated")
 API = "https://api.example/plots"
 CLIENT_ID, SECRET = "bench-worker", "bench-secret"
 TARGET_ADDED_NS = 2_000
-
-
-class MovableClock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def ok(request: httpx.Request) -> httpx.Response:
@@ -293,7 +285,7 @@ def renewal(idp: IssuerServer, api: Recorder, n: int) -> list[list[str]]:
         return str(api.tokens[-count["api requests"] :].count(old))
 
     # gatekeeper, threads
-    clock = MovableClock()
+    clock = ManualClock(1_000.0)
     with httpx.Client(auth=gatekeeper_auth(idp, clock), limits=limits) as client:
         client.get(api.url)
         old = api.tokens[-1]
@@ -303,7 +295,7 @@ def renewal(idp: IssuerServer, api: Recorder, n: int) -> list[list[str]]:
     rows.append(["gatekeeper", f"{n} threads", str(count["token requests"]), stale(old, count), "1 / 0"])
 
     # gatekeeper, tasks
-    clock = MovableClock()
+    clock = ManualClock(1_000.0)
 
     async def gk_tasks() -> None:
         async with httpx.AsyncClient(auth=gatekeeper_auth(idp, clock), limits=limits) as client:

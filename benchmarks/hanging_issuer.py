@@ -34,7 +34,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from _common import AUDIENCE, ISSUER, fmt_ns, realistic_token, table
+from _common import AUDIENCE, ISSUER, ManualClock, fmt_ns, realistic_token, table
 
 from gatekeeper import FetchPolicy, Verifier
 from gatekeeper.devserver import IssuerServer
@@ -43,16 +43,6 @@ from gatekeeper.issuer import DevIssuer
 TARGET_MS = 50.0
 POLICY = FetchPolicy(default_ttl=60, min_ttl=30, retry_interval=5, stale_grace=3600, timeout=5.0)
 CACHED_POOL = 50
-
-
-class Clock:
-    """The verifier's clock, moved by hand (freshness runs out without waiting a minute)."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def held_after(server: IssuerServer, timeout: float = 5.0) -> int:
@@ -82,7 +72,7 @@ class Run:
 class Setup:
     def __init__(self, mode: str, requests: int) -> None:
         self.mode = mode
-        self.clock = Clock()
+        self.clock = ManualClock(1_700_000_000.0)  # freshness runs out without waiting a minute
         self.dev = DevIssuer(ISSUER, audience=AUDIENCE, algorithms=("ES256",), clock=self.clock)
         self.server = IssuerServer(self.dev).start()
         self.server.headers = {"Cache-Control": "max-age=60"}
