@@ -435,28 +435,41 @@ def test_workers_flush_their_counts_to_the_files_on_a_timer_and_at_shutdown(
 
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    port, ops_port = free_port(), free_port()
-    config = tmp_path / "gatekeeper.toml"
-    config.write_text(
-        config_for(issuer, upstream.url).format(
-            listen=f"127.0.0.1:{port}", ops=f"127.0.0.1:{ops_port}", access_log=tmp_path / "access.log"
-        )
-    )
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    args = [sys.executable, "-m", "gatekeeper.cli", "serve", "--config", str(config), "--workers", "2"]
+    config = tmp_path / "gatekeeper.toml"
     stderr = tmp_path / "stderr"
-    with stderr.open("w") as err:
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env)
     token = issuer.issuer.mint(scope="read", audience="api")
+    args = [sys.executable, "-m", "gatekeeper.cli", "serve", "--config", str(config), "--workers", "2"]
+    access_log = tmp_path / "access.log"
+
+    def start() -> tuple[subprocess.Popen[bytes], int]:
+        """The gateway under --workers 2, ready; started again on other ports if a port picked
+        free was taken meanwhile (it then exits at once)."""
+        for _ in range(3):
+            port, ops_port = free_port(), free_port()
+            config.write_text(
+                config_for(issuer, upstream.url).format(
+                    listen=f"127.0.0.1:{port}", ops=f"127.0.0.1:{ops_port}", access_log=access_log
+                )
+            )
+            with stderr.open("w") as err:
+                process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{ops_port}/readyz", timeout=1).status_code == 200:
+                        return process, port
+                except httpx.HTTPError:
+                    pass
+                threading.Event().wait(0.05)
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+                pytest.fail(f"gatekeeper serve --workers 2 was not ready in 30 s: {stderr.read_text()}")
+        pytest.fail(f"gatekeeper serve --workers 2 exited at start, three times: {stderr.read_text()}")
+
+    process, port = start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{ops_port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            threading.Event().wait(0.05)
         for i in range(30):
             response = httpx.get(f"http://127.0.0.1:{port}/api/n{i}", headers=bearer(token))
             assert response.status_code == 200
