@@ -196,10 +196,13 @@ class Wire(asyncio.Transport):
 
 
 class StackCaller:
-    """Feeds ``request`` to uvicorn's ``http`` protocol class (one keep-alive connection per
-    batch) in front of ``app``; a request is done when the app has returned."""
+    """Feeds ``request`` to uvicorn's ``http`` protocol (a name, or a protocol class; one
+    keep-alive connection per batch) in front of ``app``; a request is done when the app has
+    returned."""
 
-    def __init__(self, app: App, http: str, request: bytes, *, server_header: bool) -> None:
+    def __init__(
+        self, app: App, http: str | type[asyncio.Protocol], request: bytes, *, server_header: bool
+    ) -> None:
         self.request = request
         self._done: asyncio.Future[None] | None = None
 

@@ -46,6 +46,7 @@ from gateway_inprocess import StackCaller
 
 from gatekeeper.gateway.app import build_gateway
 from gatekeeper.gateway.config import read_config
+from gatekeeper.gateway.http_protocol import GatewayHttpProtocol
 from gatekeeper.gateway.schema import Table
 from gatekeeper.issuer import DevIssuer
 
@@ -101,7 +102,12 @@ async def callers(issuer: DevIssuer, token: str) -> dict[str, StackCaller]:
     request = wire_request(token)
     return {
         "floor": StackCaller(minimal_proxy_app(port), "httptools", request, server_header=True),
-        "gatekeeper": StackCaller(gatekeeper_app(issuer, port), "httptools", request, server_header=True),
+        "gatekeeper, uvicorn's protocol": StackCaller(
+            gatekeeper_app(issuer, port), "httptools", request, server_header=True
+        ),
+        "gatekeeper": StackCaller(
+            gatekeeper_app(issuer, port), GatewayHttpProtocol, request, server_header=True
+        ),
     }
 
 
@@ -113,7 +119,7 @@ async def check(variants: dict[str, StackCaller]) -> None:
         head, _, body = caller.last.partition(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 200 ") or body != _BODY:
             raise SystemExit(f"{name} did not relay the upstream's answer: {head[:40]!r}")
-        if name == "gatekeeper" and b"x-auth-subject: client-123" not in CannedUpstream.heads[0]:
+        if name.startswith("gatekeeper") and b"x-auth-subject: client-123" not in CannedUpstream.heads[0]:
             raise SystemExit("gatekeeper's upstream request lacks the verified identity")
 
 

@@ -36,6 +36,7 @@ from .metrics import FLUSH_INTERVAL, GatewayMetrics
 from .ops import Check, ops_app
 from .proxy import ReverseProxy
 from .record import Reporter, RequestRecord
+from .respond import send_whole
 from .workers import WorkerBoard
 
 logger = logging.getLogger("gatekeeper.gateway")
@@ -90,14 +91,8 @@ async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.close", "code": 1008})
         return
     body = b'{"error":"not_found"}'
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 404,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send_whole(send, 404, headers, body)
 
 
 @dataclass

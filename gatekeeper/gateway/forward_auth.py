@@ -55,6 +55,7 @@ from ..responses import ErrorProfile, ErrorResponse
 from .identity import IdentityHeaders, client_id_of
 from .paths import PathRejected, normalise_path, split_target
 from .record import Decision, Reporter, RequestRecord, logged_query, token_fingerprint
+from .respond import send_whole
 
 __all__ = [
     "PROXIES",
@@ -261,8 +262,7 @@ class ForwardAuth:
             allow_headers = self._allow(result, original)
             self._report(original, 200, "allow", started, decision_latency, result)
             # The allow's headers already end with its content-length (an empty body).
-            await send({"type": "http.response.start", "status": 200, "headers": allow_headers})
-            await send({"type": "http.response.body", "body": b""})
+            await send_whole(send, 200, allow_headers, b"")
             return
         rendered = self.profile.render(result.error)
         answer = self._deny(rendered, render)
@@ -595,8 +595,7 @@ def _with_no_store(rendered: ErrorResponse) -> list[tuple[bytes, bytes]]:
 
 async def _send(send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
     headers = [*headers, (b"content-length", str(len(body)).encode("ascii"))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_whole(send, status, headers, body)
 
 
 async def _lifespan(receive: Any, send: Any) -> None:

@@ -55,6 +55,7 @@ from .hop import Headers
 from .identity import MEMO_SIZE, IdentityHeaders, client_id_of
 from .paths import PathRejected, normalise_path
 from .record import Reporter, RequestRecord, logged_query, token_fingerprint
+from .respond import send_whole
 from .rewrite import BAD_LENGTH, RequestRewriter, ResponseRewriter
 from .upstream_conn import UpstreamConnection
 from .upstream_errors import PoolTimeout, UnsafeRequest, UpstreamError, UpstreamTimeout
@@ -470,12 +471,12 @@ class ReverseProxy:
             record.upstream_status = record.status = response.status
             try:
                 relayed, size = self._responses.rewrite(response.headers)
-                await send({"type": "http.response.start", "status": response.status, "headers": relayed})
                 small = size is not None and 0 <= size <= _SMALL_BODY
                 whole = response.read_rest() if small else None
-                if whole is not None:  # the body came with the head: one send, no relay loop
-                    await send({"type": "http.response.body", "body": whole})
+                if whole is not None:  # the body came with the head: one write, no relay loop
+                    await send_whole(send, response.status, relayed, whole)
                     return
+                await send({"type": "http.response.start", "status": response.status, "headers": relayed})
                 relay = _relay(response, send) if small else _relay_watching(response, receive, send)
                 await (relay if deadline is None else _within(deadline, relay))
             except (UpstreamError, TimeoutError) as exc:
@@ -546,8 +547,7 @@ class ReverseProxy:
         headers = [_JSON, _NO_STORE]
         if retry:
             headers.append((b"retry-after", b"1"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": failure_body(error, description)})
+        await send_whole(send, status, headers, failure_body(error, description))
 
 
 async def _within(deadline: float, step: Awaitable[T]) -> T:
@@ -562,8 +562,7 @@ async def send_rendered(send: Send, rendered: ErrorResponse) -> None:
     """Send an error profile's rendering as the response."""
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in rendered.headers]
     headers.append((b"content-length", str(len(rendered.body)).encode()))
-    await send({"type": "http.response.start", "status": rendered.status, "headers": headers})
-    await send({"type": "http.response.body", "body": rendered.body})
+    await send_whole(send, rendered.status, headers, rendered.body)
 
 
 async def _relay(response: UpstreamConnection, send: Send) -> None:

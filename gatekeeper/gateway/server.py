@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import math
 import multiprocessing
@@ -89,8 +90,18 @@ def _uvicorn_config(app: Any, config: GatewayConfig, *, lifespan: Literal["on", 
         # uvicorn takes whole seconds; 0 must stay 0 (do not wait), never None (wait forever).
         timeout_graceful_shutdown=math.ceil(config.server.shutdown_timeout),
         loop=config.server.loop,
-        http=config.server.http,
+        http=_http_protocol(config.server.http),
     )
+
+
+def _http_protocol(choice: str) -> str | type[asyncio.Protocol]:
+    """uvicorn's HTTP implementation by name, except that httptools (what ``auto`` picks when
+    it is installed) is served by :class:`~.http_protocol.GatewayHttpProtocol`."""
+    if choice == "h11" or (choice == "auto" and importlib.util.find_spec("httptools") is None):
+        return choice
+    from .http_protocol import GatewayHttpProtocol  # needs httptools
+
+    return GatewayHttpProtocol
 
 
 async def run_worker(

@@ -229,7 +229,14 @@ class UpstreamApp:
 class ServerThread:
     """Any ASGI app served by uvicorn on 127.0.0.1 in a background thread (its own loop)."""
 
-    def __init__(self, app: Any, *, http: str = "h11", ws: str = "websockets-sansio", **config: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        http: str | type[asyncio.Protocol] = "h11",
+        ws: str = "websockets-sansio",
+        **config: Any,
+    ) -> None:
         # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose protocol says TCP
         # (with proto 0, a response written as head then body waits ~40 ms for a delayed ACK).
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

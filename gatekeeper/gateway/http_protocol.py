@@ -1,0 +1,142 @@
+"""The HTTP/1.1 protocol ``gatekeeper serve`` gives uvicorn: its httptools protocol, with a
+response head that can wait for its body so that both leave in one write.
+
+uvicorn writes a response's status line and headers as soon as the app sends
+``http.response.start``, and the body when ``http.response.body`` comes: two ``send()`` system
+calls, two TCP segments and two wake-ups of the client for every small response. For a reverse
+proxy that relays a small answer that is a measurable part of the whole cost of a request
+(``benchmarks/gateway.py``, the proxy leg). So the gateway's apps mark a start message with
+:data:`~.respond.BODY_FOLLOWS` when their next message is the body and nothing is awaited in
+between (:func:`~.respond.send_whole`: the upstream's whole small body is already in, an error
+answer, a forward-auth decision), and this protocol then keeps the encoded head and writes it
+with that body.
+
+Everything else is uvicorn's :class:`HttpToolsProtocol`: parsing, flow control, keep-alive,
+pipelining, websocket upgrades. Only the response writing (:meth:`_Cycle.send`) is ours, and it
+keeps uvicorn's rules: the same header checks, ``content-length`` accounting, chunked encoding
+when the app gives no length, ``connection: close`` when the connection will not be kept.
+Without the mark a start message is written at once, as uvicorn does; a server that does not
+know the key ignores it, so the apps stay plain ASGI.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from typing import Any
+
+from uvicorn.protocols.http import httptools_impl
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+from .respond import BODY_FOLLOWS
+
+# The characters uvicorn refuses in a header name and in a header value (response splitting).
+_BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
+_BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request/response cycle with our ``send`` (the module doc says what differs)."""
+
+    _held: bytes | None = None  # an encoded head waiting for the body (BODY_FOLLOWS)
+
+    async def send(self, message: Any) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        kind = message["type"]
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{kind}'.")
+            head = self._head(message["status"], message.get("headers", ()))
+            if message.get(BODY_FOLLOWS):
+                self._held = head
+            else:
+                self.transport.write(head)
+            return
+        if self.response_complete:
+            raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")
+        if kind != "http.response.body":
+            raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
+        body: bytes = message.get("body", b"")
+        more_body: bool = message.get("more_body", False)
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+            data = b""
+        elif self.chunked_encoding:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more_body:
+                data += b"0\r\n\r\n"
+        else:
+            if len(body) > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= len(body)
+            data = body
+        held = self._held
+        if held is not None:
+            self._held = None
+            data = held + data
+        if data:
+            self.transport.write(data)
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+
+    def _head(self, status: int, headers: Any) -> bytes:
+        """The status line and headers (uvicorn's ``send`` rules); the response has started."""
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        if self.access_log:
+            self.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                get_client_addr(self.scope),
+                self.scope["method"],
+                get_path_with_query_string(self.scope),
+                self.scope["http_version"],
+                status,
+            )
+        content = [STATUS_LINE[status]]
+        closes = False
+        for name, value in (*self.default_headers, *headers):
+            if _BAD_NAME.search(name):
+                raise RuntimeError("Invalid HTTP header name.")
+            if _BAD_VALUE.search(value):
+                raise RuntimeError("Invalid HTTP header value.")
+            name = name.lower()
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection" and b"close" in [t.strip() for t in value.lower().split(b",")]:
+                self.keep_alive = False
+                closes = True
+            content += (name, b": ", value, b"\r\n")
+        if not self.keep_alive and not closes:
+            content.append(b"connection: close\r\n")
+        if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status not in (204, 304):
+            self.chunked_encoding = True
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        return b"".join(content)
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol whose request cycles are :class:`_Cycle`."""
+
+    # uvicorn's own ``on_headers_complete`` (the request's scope and cycle, the app's task), run
+    # with :class:`_Cycle` where it names ``RequestResponseCycle``: whatever uvicorn version is
+    # installed, its request handling is kept as it is, only the cycle's ``send`` is ours.
+    on_headers_complete = types.FunctionType(
+        HttpToolsProtocol.on_headers_complete.__code__,
+        {**vars(httptools_impl), "RequestResponseCycle": _Cycle},
+        "on_headers_complete",
+    )

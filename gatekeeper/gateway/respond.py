@@ -1,0 +1,22 @@
+"""Sending a whole response (its head and a body already in hand) through ASGI.
+
+The start message carries :data:`BODY_FOLLOWS`: the gateway's HTTP protocol
+(:mod:`.http_protocol`) then writes the head together with the body, one ``send()`` and one TCP
+segment instead of two. Another server ignores the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+Send = Callable[[dict[str, Any]], Any]
+
+#: Key of an ``http.response.start`` message: the body follows at once, the head may wait for it.
+BODY_FOLLOWS: Final = "gatekeeper.body_follows"
+
+
+async def send_whole(send: Send, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
+    """Send ``status``, ``headers`` (framing included: ``content-length``) and all of ``body``."""
+    await send({"type": "http.response.start", "status": status, "headers": headers, BODY_FOLLOWS: True})
+    await send({"type": "http.response.body", "body": body})

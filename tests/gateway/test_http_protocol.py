@@ -1,0 +1,211 @@
+"""The gateway's HTTP protocol (:mod:`gatekeeper.gateway.http_protocol`) against uvicorn's own.
+
+Every response an ASGI app can make (lengths, chunked, HEAD, 204, ``Connection: close``, the
+app's mistakes) must reach the client byte for byte as uvicorn's httptools protocol sends it;
+the only difference allowed is *when* a head marked ``BODY_FOLLOWS`` leaves: with its body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("httptools", reason="the gateway's protocol needs httptools: pip install httptools")
+
+from upstream import ServerThread
+
+from gatekeeper.gateway.http_protocol import GatewayHttpProtocol
+from gatekeeper.gateway.respond import BODY_FOLLOWS, send_whole
+from gatekeeper.gateway.server import _http_protocol
+
+Scope = dict[str, Any]
+released = threading.Event()  # lets /held-* send their body
+
+
+def _start(status: int, headers: list[tuple[bytes, bytes]], hint: bool) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "http.response.start", "status": status, "headers": headers}
+    if hint:
+        message[BODY_FOLLOWS] = True
+    return message
+
+
+async def app(scope: Scope, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    path: str = scope["path"]
+    hint = path.endswith("-hint")
+    name = path.removesuffix("-hint")
+    length = [(b"content-type", b"text/plain"), (b"Content-Length", b"5")]
+    if name == "/len":
+        await send(_start(200, length, hint))
+        await send({"type": "http.response.body", "body": b"hello"})
+    elif name == "/len-pieces":
+        await send(_start(200, length, hint))
+        await send({"type": "http.response.body", "body": b"hel", "more_body": True})
+        await send({"type": "http.response.body", "body": b"lo"})
+    elif name == "/chunked":
+        await send(_start(200, [(b"content-type", b"text/plain")], hint))
+        await send({"type": "http.response.body", "body": b"ab", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
+        await send({"type": "http.response.body", "body": b"cd"})
+    elif name == "/te":
+        await send(_start(200, [(b"Transfer-Encoding", b"Chunked")], hint))
+        await send({"type": "http.response.body", "body": b"xyz"})
+    elif name == "/204":
+        await send(_start(204, [], hint))
+        await send({"type": "http.response.body"})
+    elif name == "/304":
+        await send(_start(304, [(b"etag", b'"1"')], hint))
+        await send({"type": "http.response.body", "body": b""})
+    elif name == "/close":
+        await send(_start(200, [(b"connection", b"keep-alive, Close"), (b"content-length", b"2")], hint))
+        await send({"type": "http.response.body", "body": b"ok"})
+    elif name == "/too-long":
+        await send(_start(200, [(b"content-length", b"2")], hint))
+        await send({"type": "http.response.body", "body": b"hello"})
+    elif name == "/too-short":
+        await send(_start(200, [(b"content-length", b"10")], hint))
+        await send({"type": "http.response.body", "body": b"hi"})
+    elif name == "/bad-value":
+        await send(_start(200, [(b"x-split", b"a\r\nset-cookie: evil=1")], hint))
+        await send({"type": "http.response.body", "body": b""})
+    elif name == "/bad-name":
+        await send(_start(200, [(b"x split", b"a")], hint))
+        await send({"type": "http.response.body", "body": b""})
+    elif name == "/body-first":
+        await send({"type": "http.response.body", "body": b"no start"})
+    elif name == "/twice":
+        await send(_start(200, [(b"content-length", b"1")], hint))
+        await send({"type": "http.response.body", "body": b"1"})
+        await send({"type": "http.response.body", "body": b"2"})
+    elif name == "/no-body":
+        await send(_start(200, [(b"content-length", b"1")], hint))
+    elif name == "/wrong-type":
+        await send(_start(200, [(b"content-length", b"1")], hint))
+        await send({"type": "http.response.start", "status": 200})
+    elif name == "/held":
+        await send(_start(200, length, hint))
+        await asyncio.get_running_loop().run_in_executor(None, released.wait, 10)
+        await send({"type": "http.response.body", "body": b"hello"})
+    elif name == "/whole":
+        await send_whole(send, 201, [(b"content-length", b"4")], b"done")
+    else:
+        await send(_start(200, [(b"content-length", b"3")], False))
+        await send({"type": "http.response.body", "body": b"end"})
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[ServerThread, ServerThread]]:
+    with ServerThread(app, http="httptools") as stock, ServerThread(app, http=GatewayHttpProtocol) as ours:
+        yield stock, ours
+
+
+END = b"GET /end HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+
+def exchange(port: int, request: bytes) -> bytes:
+    """Everything the server sends for ``request`` followed by a closing ``/end`` request."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request + END)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return re.sub(rb"date: [^\r]*\r\n", b"date: -\r\n", received)
+
+
+CASES = [
+    "/len", "/len-pieces", "/chunked", "/te", "/204", "/304", "/close", "/too-long", "/too-short",
+    "/bad-value", "/bad-name", "/body-first", "/twice", "/no-body", "/wrong-type",
+]  # fmt: skip
+
+
+# The app fails after its start message; uvicorn has sent the head by then and closes.
+FAILS_AFTER_HEAD = {"/too-long", "/no-body", "/wrong-type"}
+
+
+@pytest.mark.parametrize("hint", [False, True], ids=["plain", "body-follows"])
+@pytest.mark.parametrize("path", CASES)
+def test_same_bytes_as_uvicorn(servers: tuple[ServerThread, ServerThread], path: str, hint: bool) -> None:
+    stock, ours = servers
+    request = f"GET {path}{'-hint' if hint else ''} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    expected = exchange(stock.port, request)
+    got = exchange(ours.port, request)
+    if hint and path in FAILS_AFTER_HEAD:
+        # A held head goes down with its body: the client sees the connection closed before
+        # any response (not a head then a cut), the failure is as clear and sooner.
+        assert expected.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert expected.endswith(b"\r\n\r\n")
+        assert got == b""
+    else:
+        assert got == expected
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"HEAD /len-hint HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"HEAD /chunked HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /len-hint HTTP/1.0\r\n\r\n",
+        b"GET /len-hint HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        b"GET /chunked-hint HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        # pipelined: both in one write
+        b"GET /len-hint HTTP/1.1\r\nHost: t\r\n\r\nGET /chunked-hint HTTP/1.1\r\nHost: t\r\n\r\n",
+    ],
+    ids=["head-length", "head-chunked", "http10", "http10-keep-alive", "request-close", "pipelined"],
+)
+def test_same_bytes_for_other_requests(
+    servers: tuple[ServerThread, ServerThread], request_head: bytes
+) -> None:
+    stock, ours = servers
+    assert exchange(ours.port, request_head) == exchange(stock.port, request_head)
+
+
+def test_whole_response_helper(servers: tuple[ServerThread, ServerThread]) -> None:
+    _, ours = servers
+    got = exchange(ours.port, b"GET /whole HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 201 Created\r\n")
+    assert b"content-length: 4\r\n\r\ndone" in got
+
+
+def first_bytes_before_release(port: int, path: str) -> bytes:
+    """What arrives while the app holds its body back, then the whole response."""
+    released.clear()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        sock.settimeout(0.3)
+        try:
+            early = sock.recv(65536)
+        except TimeoutError:
+            early = b""
+        released.set()
+        sock.settimeout(10)
+        rest = early
+        while chunk := sock.recv(65536):
+            rest += chunk
+    assert rest.endswith(b"\r\n\r\nhello")
+    return early
+
+
+def test_a_marked_head_waits_for_its_body(servers: tuple[ServerThread, ServerThread]) -> None:
+    _, ours = servers
+    assert first_bytes_before_release(ours.port, "/held-hint") == b""
+
+
+def test_an_unmarked_head_leaves_at_once(servers: tuple[ServerThread, ServerThread]) -> None:
+    # What keeps server-sent events and slow streams working: their head is never held.
+    _, ours = servers
+    early = first_bytes_before_release(ours.port, "/held")
+    assert early.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert early.endswith(b"\r\n\r\n")
+
+
+def test_gateway_serves_httptools_with_its_protocol() -> None:
+    assert _http_protocol("auto") is GatewayHttpProtocol
+    assert _http_protocol("httptools") is GatewayHttpProtocol
+    assert _http_protocol("h11") == "h11"
