@@ -28,7 +28,10 @@ rounds, ratios computed from those medians of the same run):
    default stack as shipped (asyncio + httptools); reported on asyncio + h11 and
    uvloop + httptools too, with nginx ``proxy_pass`` as the ceiling and a minimal ASGI proxy
    (:func:`minimal_proxy_app`: gatekeeper's upstream client, nothing else) as the floor of
-   any ASGI proxy on the default stack.
+   any ASGI proxy served by uvicorn's own protocol on the default stack. ``gatekeeper serve``
+   serves httptools with its own protocol (:mod:`gatekeeper.gateway.http_protocol`: a small
+   response's head and body in one write), so it can go below that floor; the upstream and
+   the bare Starlette app run on uvicorn's protocols, as a service behind it would.
 4. memory: RSS of a fresh ``gatekeeper serve`` (cache_size 10,000) after ``--requests``
    decisions cycling through ``--tokens`` distinct ES256 tokens (every one a cache miss once the
    cycle is longer than the cache), against the RSS once the cache is full;
@@ -145,8 +148,9 @@ def bare_app() -> Any:
 def minimal_proxy_app(upstream_port: int) -> Any:
     """The floor of an ASGI reverse proxy on this stack: every request forwarded as it came
     (method, path, headers) through gatekeeper's own upstream client, the response relayed
-    as it came; no decision, no header rewriting, no record. What this reaches against the
-    upstream bounds what any ASGI proxy served by uvicorn can reach here."""
+    as it came; no decision, no header rewriting, no record, served by uvicorn's own protocol.
+    What this reaches against the upstream bounds what any ASGI proxy served by stock uvicorn
+    can reach here."""
     from gatekeeper.gateway.upstream_pool import Timeouts, UpstreamPool
 
     origin = ("http", "127.0.0.1", upstream_port)
