@@ -133,8 +133,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol whose request cycles are :class:`_Cycle`."""
 
     # uvicorn's own ``on_headers_complete`` (the request's scope and cycle, the app's task), run
-    # with :class:`_Cycle` where it names ``RequestResponseCycle``: whatever uvicorn version is
-    # installed, its request handling is kept as it is, only the cycle's ``send`` is ours.
+    # with :class:`_Cycle` where it names ``RequestResponseCycle``: uvicorn's request handling
+    # is kept as it is (no copy of its source, no patch of its module), only ``send`` is ours.
     on_headers_complete = types.FunctionType(
         HttpToolsProtocol.on_headers_complete.__code__,
         {**vars(httptools_impl), "RequestResponseCycle": _Cycle},
