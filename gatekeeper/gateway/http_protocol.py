@@ -11,16 +11,25 @@ between (:func:`~.respond.send_whole`: the upstream's whole small body is alread
 answer, a forward-auth decision), and this protocol then keeps the encoded head and writes it
 with that body.
 
-Everything else is uvicorn's :class:`HttpToolsProtocol`: parsing, flow control, keep-alive,
-pipelining, websocket upgrades. Only the response writing (:meth:`_Cycle.send`) is ours, and it
-keeps uvicorn's rules: the same header checks, ``content-length`` accounting, chunked encoding
-when the app gives no length, ``connection: close`` when the connection will not be kept.
-Without the mark a start message is written at once, as uvicorn does; a server that does not
-know the key ignores it, so the apps stay plain ASGI.
+Everything else is uvicorn's :class:`HttpToolsProtocol`: parsing, flow control, pipelining,
+websocket upgrades. Ours are the response writing (:meth:`_Cycle.send`), which keeps uvicorn's
+rules: the same header checks, ``content-length`` accounting, chunked encoding when the app gives
+no length, ``connection: close`` when the connection will not be kept; and the keep-alive
+timer (:meth:`GatewayHttpProtocol.on_response_complete`). Without the mark a start message is
+written at once, as uvicorn does; a server that does not know the key ignores it, so the apps
+stay plain ASGI.
+
+uvicorn arms a keep-alive timer after every response and cancels it when the next request's
+first bytes come: a ``call_later`` and a ``cancel`` per request, and a cancelled handle for the
+loop to sift out of its heap. Here a connection has at most one timer, armed when it first goes
+idle and moved on only when it fires: each response notes the time it ended, and the timer,
+when due, closes the connection if it has been idle for ``timeout_keep_alive`` since then, or
+sleeps again until that moment. The connection closes when uvicorn's would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import types
 from typing import Any
@@ -130,7 +139,8 @@ class _Cycle(RequestResponseCycle):
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol whose request cycles are :class:`_Cycle`."""
+    """uvicorn's httptools protocol whose request cycles are :class:`_Cycle`, with one
+    keep-alive timer per connection (the module doc)."""
 
     # uvicorn's own ``on_headers_complete`` (the request's scope and cycle, the app's task), run
     # with :class:`_Cycle` where it names ``RequestResponseCycle``: uvicorn's request handling
@@ -140,3 +150,41 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         {**vars(httptools_impl), "RequestResponseCycle": _Cycle},
         "on_headers_complete",
     )
+
+    _idle_since: float | None = None  # when the last response ended, if no request came since
+    _keep_alive: asyncio.TimerHandle | None = None  # the connection's one keep-alive timer
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn calls this when request bytes arrive (and where it is about to re-arm): the
+        # connection is busy; the timer, if armed, finds that when it fires.
+        self._idle_since = None
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, but for the keep-alive timer (the module doc).
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = now = self.loop.time()
+        if self._keep_alive is None:
+            self._keep_alive = self.loop.call_at(now + self.timeout_keep_alive, self._keep_alive_due)
+
+    def _keep_alive_due(self) -> None:
+        self._keep_alive = None
+        if self._idle_since is None:
+            return  # busy: the response that ends it arms the timer again
+        deadline = self._idle_since + self.timeout_keep_alive
+        if self.loop.time() >= deadline:
+            self.timeout_keep_alive_handler()
+        else:
+            self._keep_alive = self.loop.call_at(deadline, self._keep_alive_due)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._keep_alive is not None:
+            self._keep_alive.cancel()
+            self._keep_alive = None

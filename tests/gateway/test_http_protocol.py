@@ -11,14 +11,16 @@ import asyncio
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 pytest.importorskip("httptools", reason="the gateway's protocol needs httptools: pip install httptools")
 
 from upstream import ServerThread
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gatekeeper.gateway.http_protocol import GatewayHttpProtocol
 from gatekeeper.gateway.respond import BODY_FOLLOWS, send_whole
@@ -209,3 +211,65 @@ def test_gateway_serves_httptools_with_its_protocol() -> None:
     assert _http_protocol("auto") is GatewayHttpProtocol
     assert _http_protocol("httptools") is GatewayHttpProtocol
     assert _http_protocol("h11") == "h11"
+
+
+# -- keep-alive: one timer per connection, closing when uvicorn's would --------------------------
+
+
+class RecordingProtocol(GatewayHttpProtocol):
+    """Ours, keeping every connection it serves (the tests read their timer)."""
+
+    made: ClassVar[list[GatewayHttpProtocol]] = []
+
+    def connection_made(self, transport: Any) -> None:
+        RecordingProtocol.made.append(self)
+        super().connection_made(transport)
+
+
+def answered(sock: socket.socket) -> bytes:
+    """One ``/len`` response (its 5-byte body last)."""
+    sock.sendall(b"GET /len HTTP/1.1\r\nHost: t\r\n\r\n")
+    received = b""
+    while not received.endswith(b"hello"):
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed a busy keep-alive connection"
+        received += chunk
+    return received
+
+
+@pytest.mark.parametrize("protocol", [HttpToolsProtocol, GatewayHttpProtocol], ids=["uvicorn", "ours"])
+def test_keep_alive_closes_an_idle_connection_when_uvicorn_does(protocol: type[HttpToolsProtocol]) -> None:
+    # timeout 1 s; requests 0.5 s apart keep the connection for 2 s, then it closes ~1 s after
+    # the last response, not 1 s after it first went idle.
+    with (
+        ServerThread(app, http=protocol, timeout_keep_alive=1) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock,
+    ):
+        for _ in range(4):
+            assert answered(sock).startswith(b"HTTP/1.1 200 OK\r\n")
+            time.sleep(0.5)
+        assert answered(sock).startswith(b"HTTP/1.1 200 OK\r\n")
+        idle_from = time.monotonic()
+        assert sock.recv(1) == b""
+        idle_for = time.monotonic() - idle_from
+    assert 0.8 <= idle_for < 3.0
+
+
+def test_one_keep_alive_timer_per_connection_cancelled_when_it_closes() -> None:
+    RecordingProtocol.made.clear()
+    with ServerThread(app, http=RecordingProtocol, timeout_keep_alive=5) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            answered(sock)
+            (connection,) = RecordingProtocol.made
+            timer = connection._keep_alive
+            assert timer is not None
+            assert not timer.cancelled()
+            for _ in range(20):
+                answered(sock)
+            assert connection._keep_alive is timer  # not re-armed per request (uvicorn's is)
+            assert connection._idle_since is not None
+        deadline = time.monotonic() + 5
+        while connection._keep_alive is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert connection._keep_alive is None
+        assert timer.cancelled()  # the closed connection is not kept by its timer for 5 s
