@@ -14,8 +14,9 @@ with that body.
 Everything else is uvicorn's :class:`HttpToolsProtocol`: parsing, flow control, pipelining,
 websocket upgrades. Ours are the response writing (:meth:`_Cycle.send`), which keeps uvicorn's
 rules: the same header checks, ``content-length`` accounting, chunked encoding when the app gives
-no length, ``connection: close`` when the connection will not be kept; and the keep-alive
-timer (:meth:`GatewayHttpProtocol.on_response_complete`). Without the mark a start message is
+no length, ``connection: close`` when the connection will not be kept; the keep-alive timer
+(:meth:`GatewayHttpProtocol.on_response_complete`); and how a request's task leaves the
+server's set of tasks (as its last step, not through a done callback). Without the mark a start message is
 written at once, as uvicorn does; a server that does not know the key ignores it, so the apps
 stay plain ASGI.
 
@@ -30,6 +31,7 @@ sleeps again until that moment. The connection closes when uvicorn's would.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import types
 from typing import Any
@@ -49,6 +51,16 @@ class _Cycle(RequestResponseCycle):
     """uvicorn's request/response cycle with our ``send`` (the module doc says what differs)."""
 
     _held: bytes | None = None  # an encoded head waiting for the body (BODY_FOLLOWS)
+    _task: asyncio.Task[None]  # the task running this cycle, in the server's set ``_tasks``
+    _tasks: set[asyncio.Task[None]]
+
+    async def run_asgi(self, app: Any) -> None:
+        # The task leaves the server's set as its own last step (uvicorn: a done callback,
+        # one more handle scheduled and run per request; GatewayHttpProtocol._start_asgi_task).
+        try:
+            await super().run_asgi(app)
+        finally:
+            self._tasks.discard(self._task)
 
     async def send(self, message: Any) -> None:
         if self.flow.write_paused and not self.disconnected:
@@ -188,3 +200,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._keep_alive is not None:
             self._keep_alive.cancel()
             self._keep_alive = None
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # uvicorn's (reset_contextvars included), but the task removes itself from the server's
+        # set (_Cycle.run_asgi), which uvicorn's graceful shutdown waits to see empty.
+        context = contextvars.Context() if self.config.reset_contextvars else None
+        task = self.loop.create_task(cycle.run_asgi(app), context=context)
+        cycle._task, cycle._tasks = task, self.tasks
+        self.tasks.add(task)

@@ -8,6 +8,7 @@ the only difference allowed is *when* a head marked ``BODY_FOLLOWS`` leaves: wit
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import socket
 import threading
@@ -28,6 +29,7 @@ from gatekeeper.gateway.server import _http_protocol
 
 Scope = dict[str, Any]
 released = threading.Event()  # lets /held-* send their body
+mark: contextvars.ContextVar[bytes] = contextvars.ContextVar("mark", default=b"---")  # /ctx-set, /ctx-get
 
 
 def _start(status: int, headers: list[tuple[bytes, bytes]], hint: bool) -> dict[str, Any]:
@@ -97,6 +99,11 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b"hello"})
     elif name == "/whole":
         await send_whole(send, 201, [(b"content-length", b"4")], b"done")
+    elif name in ("/ctx-set", "/ctx-get"):
+        if name == "/ctx-set":
+            mark.set(b"set")
+        await send(_start(200, [(b"content-length", b"3")], hint))
+        await send({"type": "http.response.body", "body": mark.get()})
     else:
         await send(_start(200, [(b"content-length", b"3")], False))
         await send({"type": "http.response.body", "body": b"end"})
@@ -273,3 +280,47 @@ def test_one_keep_alive_timer_per_connection_cancelled_when_it_closes() -> None:
             time.sleep(0.01)
         assert connection._keep_alive is None
         assert timer.cancelled()  # the closed connection is not kept by its timer for 5 s
+
+
+# -- the request's task: in the server's set while it runs, in the context uvicorn gives it --------
+
+
+def test_a_request_task_is_in_the_servers_set_while_it_runs() -> None:
+    # uvicorn's graceful shutdown waits for that set; ours leaves it as the task's last step.
+    RecordingProtocol.made.clear()
+    released.clear()
+    with (
+        ServerThread(app, http=RecordingProtocol) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock,
+    ):
+        sock.sendall(b"GET /held-hint HTTP/1.1\r\nHost: t\r\n\r\n")
+        deadline = time.monotonic() + 5
+        made = RecordingProtocol.made
+        while not (made and made[0].tasks) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (connection,) = RecordingProtocol.made
+        (task,) = connection.tasks
+        assert not task.done()
+        released.set()
+        received = b""
+        while not received.endswith(b"hello"):
+            received += sock.recv(65536)
+        while connection.tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not connection.tasks
+        assert task.done()
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["inherited", "reset"])
+@pytest.mark.parametrize("protocol", [HttpToolsProtocol, GatewayHttpProtocol], ids=["uvicorn", "ours"])
+def test_pipelined_request_context_as_uvicorn_gives_it(
+    protocol: type[HttpToolsProtocol], reset: bool
+) -> None:
+    # A pipelined request's task is started from the previous one's: it inherits its context
+    # variables unless uvicorn's reset_contextvars is on (uvicorn's workaround for CPython's
+    # gh-140947); ours must do the same.
+    pipelined = b"GET /ctx-set HTTP/1.1\r\nHost: t\r\n\r\nGET /ctx-get HTTP/1.1\r\nHost: t\r\n\r\n"
+    with ServerThread(app, http=protocol, reset_contextvars=reset) as server:
+        got = exchange(server.port, pipelined)
+    bodies = re.findall(rb"\r\n\r\n(...)", got)
+    assert bodies == [b"set", b"---" if reset else b"set", b"end"]
