@@ -19,8 +19,12 @@ as they are with ``uvicorn[standard]``) and ``asyncio + httptools`` (what the sa
 as shipped: the ``server`` extra brings httptools, not uvloop; the reverse proxy leg only). The
 upstream runs on the same stack as the gatekeeper in front of it.
 
-Legs (rounds interleaved: every variant runs once per round, and the tables give medians across
-rounds, ratios computed from those medians of the same run):
+Legs (rounds interleaved: every variant runs once per round; the tables give medians across
+rounds). The two sides of each ratio run back to back in every round, in turns (A then B, then B
+then A next round), and a ratio is the median of the per-round ratios: on a shared machine whose
+speed drifts by a fifth within minutes, a pair measured seconds apart sees the same machine, and
+the alternating order cancels what drifts within a pair. The ratio of the two medians is printed
+beside it.
 
 1. decision endpoint (cached token) vs the bare Starlette endpoint, same stack: target >= 0.9x.
 2. nginx + auth_request -> gatekeeper -> upstream vs nginx -> upstream: the ratio is reported.
@@ -39,7 +43,7 @@ rounds, ratios computed from those medians of the same run):
 
 Run (needs wrk; nginx for leg 2 and the ceiling, skipped with a note without it)::
 
-    .venv/bin/python benchmarks/gateway.py                 # 3 rounds x 10 s, 1M requests/100k tokens
+    .venv/bin/python benchmarks/gateway.py                 # 5 rounds x 6 s, 1M requests/100k tokens
     .venv/bin/python benchmarks/gateway.py --quick         # smoke run: tiny sizes, 1 s per variant
     .venv/bin/python benchmarks/gateway.py --requests 200000 --tokens 100000 --stream-mib 1024
     .venv/bin/python benchmarks/gateway.py --decision-only # leg 1 only (benchmarks/gateway_inprocess.py
@@ -578,10 +582,35 @@ def row(variant: Variant) -> list[str]:
     ]
 
 
+def paired_groups(by_key: dict[str, Variant]) -> list[list[Variant]]:
+    """The variants in the order one round measures them: each ratio's two sides next to each
+    other (the minimal proxy and nginx beside the upstream they are compared with)."""
+    keys = [[f"bare-{s}", f"decision-{s}"] for s in DECISION_STACKS]
+    for s in STACKS:
+        group = [f"upstream-{s}", f"proxy-{s}"]
+        if s == DEFAULT_STACK:
+            group.append("minimal-proxy")
+        if s == "httptools":
+            group += ["nginx-direct", "nginx-auth"]
+        keys.append(group)
+    groups = [[by_key[k] for k in group if k in by_key] for group in keys]
+    measured = [v for group in groups for v in group]
+    assert sorted(v.key for v in measured) == sorted(by_key), "a variant belongs to no group"
+    return [group for group in groups if group]
+
+
+RATIO_HEADERS = ["ratio", "median of per-round ratios", "ratio of the medians", "target", "verdict"]
+
+
 def ratio_row(name: str, top: Variant, bottom: Variant, target: float | None) -> tuple[list[str], bool]:
-    ratio = top.median("requests_per_s") / bottom.median("requests_per_s")
-    mark = verdict(ratio, target)
-    return [name, f"{ratio:.2f}x", f">= {target}x" if target else "report", mark], mark != "MISS"
+    """Judged on the median of the per-round ratios (the module doc says why)."""
+    per_round = statistics.median(
+        t.requests_per_s / b.requests_per_s for t, b in zip(top.results, bottom.results, strict=True)
+    )
+    of_medians = top.median("requests_per_s") / bottom.median("requests_per_s")
+    mark = verdict(per_round, target)
+    cells = [name, f"{per_round:.2f}x", f"{of_medians:.2f}x", f">= {target}x" if target else "report", mark]
+    return cells, mark != "MISS"
 
 
 def check(port: int, path: str, headers: dict[str, str], want: int, what: str) -> None:
@@ -816,9 +845,10 @@ def throughput_legs(
         ]
     by_key = {v.key: v for v in variants}
 
-    for _ in range(args.rounds):
-        for variant in variants:
-            measure(variant, args)
+    for i in range(args.rounds):
+        for group in paired_groups(by_key):
+            for variant in group if i % 2 == 0 else group[::-1]:
+                measure(variant, args)
 
     headers = ["variant", "req/s (median)", "p50 ms", "p99 ms", "busy"]
     ok = True
@@ -837,7 +867,7 @@ def throughput_legs(
         ratios.append(cells)
         ok &= fine
     if args.decision_only:
-        print(table(["ratio (req/s medians of this run)", "ratio", "target", "verdict"], ratios))
+        print(table(RATIO_HEADERS, ratios))
         print(flush=True)
         return ok
     if ngx is not None and not args.proxy_only:
@@ -896,7 +926,7 @@ def throughput_legs(
         ratios.append(cells)
     print("## Ratios and targets")
     print()
-    print(table(["ratio (req/s medians of this run)", "ratio", "target", "verdict"], ratios))
+    print(table(RATIO_HEADERS, ratios))
     print(flush=True)
     return ok
 
@@ -904,8 +934,8 @@ def throughput_legs(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1 s per variant")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=6, help="seconds per measured wrk run")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of wrk before each measured run")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--connections", type=int, default=32)
@@ -981,7 +1011,9 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{os.cpu_count()} CPUs (shared with other work; nothing pinned), wrk -t{args.threads} "
             f"-c{args.connections}, {args.rounds} round(s) x {args.duration:g} s per variant after "
-            f"{args.warmup:g} s warm-up, rounds interleaved; RS256 token of {len(token)} chars; "
+            f"{args.warmup:g} s warm-up, rounds interleaved (each ratio's two sides back to back, in "
+            "turns; a ratio is the median of its per-round ratios); "
+            f"RS256 token of {len(token)} chars; "
             f"gatekeeper: metrics on, access log off; servers and wrk at nice {os.nice(0)}; 'busy' = "
             "CPU seconds of the variant's servers per second of the run."
         )
