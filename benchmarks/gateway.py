@@ -31,10 +31,12 @@ beside it.
 3. gatekeeper reverse proxy -> upstream vs the upstream directly: target >= 0.45x on the
    default stack as shipped (asyncio + httptools); reported on asyncio + h11 and
    uvloop + httptools too, with nginx ``proxy_pass`` as the ceiling and a minimal ASGI proxy
-   (:func:`minimal_proxy_app`: gatekeeper's upstream client, nothing else) as the floor of
+   (:func:`minimal_proxy_app`: gatekeeper's upstream client, nothing else; sent the same
+   request as the gatekeeper proxy, its bearer token included) as the floor of
    any ASGI proxy served by uvicorn's own protocol on the default stack. ``gatekeeper serve``
    serves httptools with its own protocol (:mod:`gatekeeper.gateway.http_protocol`: a small
-   response's head and body in one write), so it can go below that floor; the upstream and
+   response's head and body in one write, one keep-alive timer per connection rather than one
+   per request), so its cost can go below that floor's; the upstream and
    the bare Starlette app run on uvicorn's protocols, as a service behind it would.
 4. memory: RSS of a fresh ``gatekeeper serve`` (cache_size 10,000) after ``--requests``
    decisions cycling through ``--tokens`` distinct ES256 tokens (every one a cache miss once the
@@ -812,7 +814,7 @@ def throughput_legs(
                 "minimal-proxy",
                 f"minimal ASGI proxy -> upstream ({STACK_NAMES[DEFAULT_STACK]}): the ASGI floor",
                 minimal.url + ORIGINAL_URI,
-                plain_lua,
+                auth_lua,  # the gatekeeper proxy's request, token included (forwarded as it came)
                 [minimal, upstreams[DEFAULT_STACK]],
             )
         )
