@@ -55,7 +55,7 @@ from .hop import Headers
 from .identity import MEMO_SIZE, IdentityHeaders, client_id_of
 from .paths import PathRejected, normalise_path
 from .record import Reporter, RequestRecord, logged_query, token_fingerprint
-from .respond import send_whole
+from .respond import Send, send_whole
 from .rewrite import BAD_LENGTH, RequestRewriter, ResponseRewriter
 from .upstream_conn import UpstreamConnection
 from .upstream_errors import PoolTimeout, UnsafeRequest, UpstreamError, UpstreamTimeout
@@ -151,7 +151,6 @@ class ProxySettings:
         _tls_by_origin(self)  # upstreams sharing an origin agree on TLS, or this is refused
 
 
-Send = Callable[[dict[str, Any]], Any]
 Receive = Callable[[], Any]
 
 _JSON: Final = (b"content-type", b"application/json")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+#: An ASGI ``send`` as the gateway's doors call it (with plain dicts).
 Send = Callable[[dict[str, Any]], Any]
 
 #: Key of an ``http.response.start`` message: the body follows at once, the head may wait for it.

@@ -29,7 +29,8 @@ from .record import RequestRecord
 from .upstream_tls import UpstreamTLS
 
 if TYPE_CHECKING:
-    from .proxy import Receive, ReverseProxy, Send, _Upstream
+    from .proxy import Receive, ReverseProxy, _Upstream
+    from .respond import Send
 
 #: "Bad Gateway" close code (RFC 6455 registry): the upstream could not be reached.
 BAD_GATEWAY_CLOSE = 1014
