@@ -81,20 +81,8 @@ class _Cycle(RequestResponseCycle):
             raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")
         if kind != "http.response.body":
             raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
-        body: bytes = message.get("body", b"")
         more_body: bool = message.get("more_body", False)
-        if self.scope["method"] == "HEAD":
-            self.expected_content_length = 0
-            data = b""
-        elif self.chunked_encoding:
-            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
-            if not more_body:
-                data += b"0\r\n\r\n"
-        else:
-            if len(body) > self.expected_content_length:
-                raise RuntimeError("Response content longer than Content-Length")
-            self.expected_content_length -= len(body)
-            data = body
+        data = self._body(message.get("body", b""), more_body)
         held = self._held
         if held is not None:
             self._held = None
@@ -102,13 +90,45 @@ class _Cycle(RequestResponseCycle):
         if data:
             self.transport.write(data)
         if not more_body:
-            if self.expected_content_length != 0:
-                raise RuntimeError("Response content shorter than Content-Length")
-            self.response_complete = True
-            self.message_event.set()
-            if not self.keep_alive:
-                self.transport.close()
-            self.on_response()
+            self._complete()
+
+    async def send_whole(self, status: int, headers: Any, body: bytes) -> None:
+        """What :func:`.respond.send_whole`'s two messages do, in one call: the head and all of
+        ``body`` in one write (as :meth:`send` does for a start marked ``BODY_FOLLOWS``)."""
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if self.response_started:  # the app's mistake: send's own errors say which
+            await self.send({"type": "http.response.start", "status": status, "headers": headers})
+            return
+        head = self._head(status, headers)
+        self.transport.write(head + self._body(body, False))
+        self._complete()
+
+    def _body(self, body: bytes, more_body: bool) -> bytes:
+        """``body`` as it goes on the wire (HEAD: nothing; chunked; or counted against the
+        Content-Length)."""
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+            return b""
+        if self.chunked_encoding:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            return data if more_body else data + b"0\r\n\r\n"
+        if len(body) > self.expected_content_length:
+            raise RuntimeError("Response content longer than Content-Length")
+        self.expected_content_length -= len(body)
+        return body
+
+    def _complete(self) -> None:
+        """The last body message went out."""
+        if self.expected_content_length != 0:
+            raise RuntimeError("Response content shorter than Content-Length")
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
 
     def _head(self, status: int, headers: Any) -> bytes:
         """The status line and headers (uvicorn's ``send`` rules); the response has started."""

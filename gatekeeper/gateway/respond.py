@@ -18,6 +18,13 @@ BODY_FOLLOWS: Final = "gatekeeper.body_follows"
 
 
 async def send_whole(send: Send, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
-    """Send ``status``, ``headers`` (framing included: ``content-length``) and all of ``body``."""
+    """Send ``status``, ``headers`` (framing included: ``content-length``) and all of ``body``.
+
+    When ``send`` is the gateway's own protocol's (its owner has ``send_whole``), the response
+    is handed over in one call, without the two messages."""
+    whole = getattr(getattr(send, "__self__", None), "send_whole", None)
+    if whole is not None:
+        await whole(status, headers, body)
+        return
     await send({"type": "http.response.start", "status": status, "headers": headers, BODY_FOLLOWS: True})
     await send({"type": "http.response.body", "body": body})
