@@ -12,13 +12,18 @@ answer, a forward-auth decision), and this protocol then keeps the encoded head 
 with that body.
 
 Everything else is uvicorn's :class:`HttpToolsProtocol`: parsing, flow control, pipelining,
-websocket upgrades. Ours are the response writing (:meth:`_Cycle.send`), which keeps uvicorn's
-rules: the same header checks, ``content-length`` accounting, chunked encoding when the app gives
-no length, ``connection: close`` when the connection will not be kept; the keep-alive timer
-(:meth:`GatewayHttpProtocol.on_response_complete`); and how a request's task leaves the
-server's set of tasks (as its last step, not through a done callback). Without the mark a start message is
-written at once, as uvicorn does; a server that does not know the key ignores it, so the apps
-stay plain ASGI.
+websocket upgrades. Ours are:
+
+- the response writing (:meth:`_Cycle.send`), which keeps uvicorn's rules: the same header
+  checks, ``content-length`` accounting, chunked encoding when the app gives no length,
+  ``connection: close`` when the connection will not be kept. Without the mark a start message
+  is written at once, as uvicorn does; a server that does not know the key ignores it, so the
+  apps stay plain ASGI. :func:`~.respond.send_whole` hands a whole response to
+  :meth:`_Cycle.gatekeeper_send_whole` in one call instead of two messages;
+- the keep-alive timer (:meth:`GatewayHttpProtocol.on_response_complete`, below);
+- how a request's task leaves the server's set of tasks, which uvicorn's graceful shutdown
+  waits to see empty: as the task's last step, not through a done callback (one handle fewer
+  scheduled and run per request).
 
 uvicorn arms a keep-alive timer after every response and cancels it when the next request's
 first bytes come: a ``call_later`` and a ``cancel`` per request, and a cancelled handle for the
@@ -92,7 +97,7 @@ class _Cycle(RequestResponseCycle):
         if not more_body:
             self._complete()
 
-    async def send_whole(self, status: int, headers: Any, body: bytes) -> None:
+    async def gatekeeper_send_whole(self, status: int, headers: Any, body: bytes) -> None:
         """What :func:`.respond.send_whole`'s two messages do, in one call: the head and all of
         ``body`` in one write (as :meth:`send` does for a start marked ``BODY_FOLLOWS``)."""
         if self.flow.write_paused and not self.disconnected:
@@ -172,7 +177,8 @@ class _Cycle(RequestResponseCycle):
 
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol whose request cycles are :class:`_Cycle`, with one
-    keep-alive timer per connection (the module doc)."""
+    keep-alive timer per connection and tasks that leave the server's set themselves (the
+    module doc)."""
 
     # uvicorn's own ``on_headers_complete`` (the request's scope and cycle, the app's task), run
     # with :class:`_Cycle` where it names ``RequestResponseCycle``: uvicorn's request handling

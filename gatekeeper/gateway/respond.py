@@ -2,7 +2,8 @@
 
 The start message carries :data:`BODY_FOLLOWS`: the gateway's HTTP protocol
 (:mod:`.http_protocol`) then writes the head together with the body, one ``send()`` and one TCP
-segment instead of two. Another server ignores the key.
+segment instead of two. Another server ignores the key. When ``send`` is that protocol's own,
+the response skips the two messages: its :data:`WHOLE` method takes it in one call.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ Send = Callable[[dict[str, Any]], Any]
 
 #: Key of an ``http.response.start`` message: the body follows at once, the head may wait for it.
 BODY_FOLLOWS: Final = "gatekeeper.body_follows"
+#: The method of a ``send``'s owner that takes a whole response in one call
+#: (``_Cycle.gatekeeper_send_whole`` in :mod:`.http_protocol`).
+WHOLE: Final = "gatekeeper_send_whole"
 
 
 async def send_whole(send: Send, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
     """Send ``status``, ``headers`` (framing included: ``content-length``) and all of ``body``.
 
-    When ``send`` is the gateway's own protocol's (its owner has ``send_whole``), the response
+    When ``send`` is the gateway's own protocol's (its owner has :data:`WHOLE`), the response
     is handed over in one call, without the two messages."""
-    whole = getattr(getattr(send, "__self__", None), "send_whole", None)
+    whole = getattr(getattr(send, "__self__", None), WHOLE, None)
     if whole is not None:
         await whole(status, headers, body)
         return

@@ -24,7 +24,7 @@ from upstream import ServerThread
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gatekeeper.gateway.http_protocol import GatewayHttpProtocol
-from gatekeeper.gateway.respond import BODY_FOLLOWS, send_whole
+from gatekeeper.gateway.respond import BODY_FOLLOWS, WHOLE, send_whole
 from gatekeeper.gateway.server import _http_protocol
 
 Scope = dict[str, Any]
@@ -40,7 +40,7 @@ def _start(status: int, headers: list[tuple[bytes, bytes]], hint: bool) -> dict[
 
 
 # Whole responses (respond.send_whole): ours takes them in one call, uvicorn's as two messages.
-WHOLE: dict[str, tuple[int, list[tuple[bytes, bytes]], bytes]] = {
+WHOLE_RESPONSES: dict[str, tuple[int, list[tuple[bytes, bytes]], bytes]] = {
     "/whole": (201, [(b"content-length", b"4")], b"done"),
     "/whole-chunked": (200, [(b"content-type", b"text/plain")], b"abc"),
     "/whole-chunked-empty": (200, [], b""),
@@ -111,8 +111,8 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         await send(_start(200, length, hint))
         await asyncio.get_running_loop().run_in_executor(None, released.wait, 10)
         await send({"type": "http.response.body", "body": b"hello"})
-    elif name in WHOLE:
-        status, headers, body = WHOLE[name]
+    elif name in WHOLE_RESPONSES:
+        status, headers, body = WHOLE_RESPONSES[name]
         await send_whole(send, status, headers, body)
         if name == "/whole-twice":
             await send_whole(send, status, headers, body)
@@ -199,8 +199,35 @@ def test_whole_response_helper(servers: tuple[ServerThread, ServerThread]) -> No
     assert b"content-length: 4\r\n\r\ndone" in got
 
 
+def test_send_whole_takes_one_call_where_the_server_offers_it() -> None:
+    calls: list[Any] = []
+
+    class Owner:
+        async def send(self, message: dict[str, Any]) -> None:
+            calls.append(message)
+
+    class OurCycle(Owner):
+        async def gatekeeper_send_whole(self, status: int, headers: Any, body: bytes) -> None:
+            calls.append((status, headers, body))
+
+    assert hasattr(OurCycle, WHOLE)
+    asyncio.run(send_whole(OurCycle().send, 201, [(b"content-length", b"2")], b"ok"))
+    assert calls == [(201, [(b"content-length", b"2")], b"ok")]
+    calls.clear()
+    asyncio.run(send_whole(Owner().send, 201, [(b"content-length", b"2")], b"ok"))
+    assert calls == [
+        {
+            "type": "http.response.start",
+            "status": 201,
+            "headers": [(b"content-length", b"2")],
+            BODY_FOLLOWS: True,
+        },
+        {"type": "http.response.body", "body": b"ok"},
+    ]
+
+
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
-@pytest.mark.parametrize("path", list(WHOLE))
+@pytest.mark.parametrize("path", list(WHOLE_RESPONSES))
 def test_whole_responses_same_bytes_as_uvicorn(
     servers: tuple[ServerThread, ServerThread], path: str, method: str
 ) -> None:
