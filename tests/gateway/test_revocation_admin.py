@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis_server import RedisServer, free_port, redis_server  # noqa: F401 (the fixture)
-from starlette.testclient import TestClient
 
 from gatekeeper import AuthError
 from gatekeeper.gateway.app import Gateway, build_gateway
@@ -18,6 +18,10 @@ from gatekeeper.gateway.config import load_config
 from gatekeeper.gateway.revocation_config import RevocationSettings, is_loopback
 from gatekeeper.gateway.schema import ConfigError
 from gatekeeper.issuer import DevIssuer
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # Starlette deprecates TestClient-on-httpx at import
+    from starlette.testclient import TestClient
 
 ISS = "https://issuer.example"
 
