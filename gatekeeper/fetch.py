@@ -186,9 +186,12 @@ class AsyncFetcher:
     def _task_for(self, store: KeyStore, kid: str | None = None) -> asyncio.Task[None]:
         # No await between a caller's decision to fetch and this lookup, so on one loop the
         # first caller creates the task and every later one joins it (or sees its result).
+        # A done task is not joined: it leaves the table a loop turn after it ends (a done
+        # callback), and a caller deciding in that turn (a kid the finished refresh did not
+        # see) needs a fetch of its own.
         loop = asyncio.get_running_loop()
         task = self._inflight.get(store)
-        if task is None or task.get_loop() is not loop:
+        if task is None or task.done() or task.get_loop() is not loop:
             task = loop.create_task(self._drive(store, kid), name="gatekeeper-jwks")
             self._inflight[store] = task
             task.add_done_callback(functools.partial(self._forget, store))

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from conftest import Clock
@@ -26,7 +27,9 @@ from joserfc.jwk import ECKey, RSAKey
 
 from gatekeeper import AuthError, FetchPolicy, Issuer, Verifier
 from gatekeeper.devserver import JWKS_PATH, IssuerServer
+from gatekeeper.fetch import AsyncFetcher
 from gatekeeper.issuer import DevIssuer
+from gatekeeper.keystore import KeyStore
 
 OIDC_PATH = "/.well-known/openid-configuration"
 
@@ -931,3 +934,28 @@ def test_key_stores_count_fetches_and_stale_verifications(
         assert v.status()[0]["stale_served"] == 3
     finally:
         v.close()
+
+
+@pytest.mark.anyio
+async def test_a_refresh_that_has_just_finished_is_not_joined(server: IssuerServer, clock: Clock) -> None:
+    # A refresh's task is done a loop turn before it leaves the fetcher's table (a done
+    # callback). A caller looking for a new kid in that turn must fetch anew, not "join" the
+    # finished refresh, which was made before the kid existed (seen as a flaky
+    # test_each_issuers_fetch_state_is_independent: 1 run in 5).
+    store = KeyStore(server.url, jwks_url=server.jwks_url, policy=POLICY)
+    fetcher = AsyncFetcher(clock)
+    try:
+        fetcher.refresh_in_background(store)
+        (task,) = fetcher._inflight.values()
+        # One loop turn at a time: the check must run in the turn the task ends in (an event
+        # or a wait on the task would wake after its done callbacks, the race gone).
+        while not task.done():
+            await anyio.lowlevel.checkpoint()
+        assert store.keys is not None
+        assert fetcher._inflight.get(store) is task  # (the turn in which the race happens)
+        new_kid = server.issuer.add_key("ES256")
+        await fetcher.refresh(store, kid=new_kid)
+        assert server.requests() == 2
+        assert store.keys.has_kid(new_kid)
+    finally:
+        await fetcher.aclose()
