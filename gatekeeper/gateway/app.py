@@ -36,7 +36,7 @@ from .metrics import FLUSH_INTERVAL, GatewayMetrics
 from .ops import Check, ops_app
 from .proxy import ReverseProxy
 from .record import Reporter, RequestRecord
-from .respond import send_whole
+from .respond import DIRECT, DirectCycle, send_whole
 from .workers import WorkerBoard
 
 logger = logging.getLogger("gatekeeper.gateway")
@@ -210,6 +210,15 @@ class Gateway:
 
     #: The gateway is itself the main listener's ASGI app (one coroutine per request, not two).
     __call__ = main
+
+    def gatekeeper_direct(self, cycle: DirectCycle) -> bool:
+        """The proxy's direct path (:data:`.respond.DIRECT`) for a request that is the proxy's."""
+        direct = getattr(self.proxy, DIRECT, None)
+        if direct is None:
+            return False
+        if self.forward_auth is not None and self.forward_auth.handles(cycle.scope["path"]):
+            return False
+        return bool(direct(cycle))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

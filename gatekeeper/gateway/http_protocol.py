@@ -23,7 +23,15 @@ websocket upgrades. Ours are:
 - the keep-alive timer (:meth:`GatewayHttpProtocol.on_response_complete`, below);
 - how a request's task leaves the server's set of tasks, which uvicorn's graceful shutdown
   waits to see empty: as the task's last step, not through a done callback (one handle fewer
-  scheduled and run per request).
+  scheduled and run per request);
+- requests served without a task: before starting the app's task, the protocol offers the
+  request to the app's :data:`~.respond.DIRECT` method with the cycle
+  (:class:`~.respond.DirectCycle`: :meth:`_Cycle.gatekeeper_write` writes a whole response
+  now, :meth:`_Cycle.gatekeeper_run` starts the task later). The reverse proxy serves a
+  cached-token ``GET`` that way, from its upstream connection's callback: no task, no
+  coroutine, no future, and no loop turn between the upstream's answer and the client's.
+  The cycle is uvicorn's as before (keep-alive, pipelining, disconnects, graceful shutdown
+  waiting for the connection).
 
 uvicorn arms a keep-alive timer after every response and cancels it when the next request's
 first bytes come: a ``call_later`` and a ``cancel`` per request, and a cancelled handle for the
@@ -45,7 +53,7 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from .respond import BODY_FOLLOWS
+from .respond import BODY_FOLLOWS, DIRECT
 
 # The characters uvicorn refuses in a header name and in a header value (response splitting).
 _BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
@@ -58,6 +66,7 @@ class _Cycle(RequestResponseCycle):
     _held: bytes | None = None  # an encoded head waiting for the body (BODY_FOLLOWS)
     _task: asyncio.Task[None]  # the task running this cycle, in the server's set ``_tasks``
     _tasks: set[asyncio.Task[None]]
+    _protocol: GatewayHttpProtocol  # (set for a request the app serves directly)
 
     async def run_asgi(self, app: Any) -> None:
         # The task leaves the server's set as its own last step (uvicorn: a done callback,
@@ -107,9 +116,23 @@ class _Cycle(RequestResponseCycle):
         if self.response_started:  # the app's mistake: send's own errors say which
             await self.send({"type": "http.response.start", "status": status, "headers": headers})
             return
+        self.gatekeeper_write(status, headers, body)
+
+    def gatekeeper_write(self, status: int, headers: Any, body: bytes) -> None:
+        """A whole response in one write, now (:class:`.respond.DirectCycle`; nothing when the
+        client is gone). Raises ``RuntimeError`` as :meth:`send` would."""
+        if self.disconnected:
+            return
+        if self.response_started:
+            raise RuntimeError("The response has already started.")
         head = self._head(status, headers)
         self.transport.write(head + self._body(body, False))
         self._complete()
+
+    def gatekeeper_run(self, app: Any) -> None:
+        """Run ``app`` on this request in a task, as the server would have
+        (:class:`.respond.DirectCycle`: an app serving the request directly hands it on)."""
+        self._protocol._run_asgi_task(self, app)
 
     def _body(self, body: bytes, more_body: bool) -> bytes:
         """``body`` as it goes on the wire (HEAD: nothing; chunked; or counted against the
@@ -228,8 +251,19 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._keep_alive = None
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        # uvicorn's (reset_contextvars included), but the task removes itself from the server's
-        # set (_Cycle.run_asgi), which uvicorn's graceful shutdown waits to see empty.
+        # The app may serve the request without a task (respond.DIRECT). (Where uvicorn answers
+        # for the app, limit_concurrency's 503, ``app`` is uvicorn's own: no offer.)
+        direct = getattr(app, DIRECT, None)
+        if direct is not None:
+            cycle._protocol = self
+            if direct(cycle):
+                return
+        self._run_asgi_task(cycle, app)
+
+    def _run_asgi_task(self, cycle: Any, app: Any) -> None:
+        # uvicorn's _start_asgi_task (reset_contextvars included), but the task removes itself
+        # from the server's set (_Cycle.run_asgi), which uvicorn's graceful shutdown waits to
+        # see empty.
         context = contextvars.Context() if self.config.reset_contextvars else None
         task = self.loop.create_task(cycle.run_asgi(app), context=context)
         cycle._task, cycle._tasks = task, self.tasks

@@ -32,10 +32,21 @@ Settings are plain frozen dataclasses (``config.py`` builds them from TOML). The
    profile renders ``invalid_request`` ("The request body is too large") and the status becomes
    413 (any ``WWW-Authenticate`` challenge is dropped: it is not an authentication failure).
    A path the normaliser refuses is rendered the same way with status 400.
+
+**The direct path.** Served by ``gatekeeper serve`` (the gateway's HTTP protocol, which offers
+each request to :meth:`ReverseProxy.gatekeeper_direct` before starting an ASGI task), the common
+request, a ``GET``/``HEAD`` without a body whose token is a verified-token cache hit on a path
+seen before, is sent on an idle upstream connection at once and answered from that connection's
+callback when the response comes (:meth:`ReverseProxy._answered`): no task, no coroutine, no
+future, no loop turn in between. Everything else, and every turn that is not the plain case (a
+streamed body, a failure, a retry), goes through the ASGI path above, so the outcome and the
+record are the same either way (``tests/gateway/test_proxy_direct.py`` holds the two to the same
+bytes). Other ASGI servers never offer it: the proxy stays a plain ASGI app.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import ssl
 import time
@@ -55,10 +66,10 @@ from .hop import Headers
 from .identity import MEMO_SIZE, IdentityHeaders, client_id_of
 from .paths import PathRejected, normalise_path
 from .record import Reporter, RequestRecord, logged_query, token_fingerprint
-from .respond import Send, send_whole
+from .respond import DirectCycle, Send, send_whole
 from .rewrite import BAD_LENGTH, RequestRewriter, ResponseRewriter
 from .upstream_conn import UpstreamConnection
-from .upstream_errors import PoolTimeout, UnsafeRequest, UpstreamError, UpstreamTimeout
+from .upstream_errors import PoolTimeout, UnsafeRequest, UpstreamBroken, UpstreamError, UpstreamTimeout
 from .upstream_pool import Origin, Timeouts, UpstreamPool
 from .upstream_tls import UpstreamTLS
 
@@ -313,6 +324,131 @@ class ReverseProxy:
             record.latency = time.perf_counter() - started
             self.reporter(record)
 
+    # -- the direct path ----------------------------------------------------------------------
+
+    def gatekeeper_direct(self, cycle: DirectCycle) -> bool:
+        """Serve a request without a task, when it is the common case (the gateway's server
+        offers each request here first: :data:`.respond.DIRECT`): a ``GET`` or ``HEAD``
+        without a body, on a path seen before, its token a verified-token cache hit
+        (:meth:`Gate.allow_cached <gatekeeper.decision.Gate.allow_cached>`), for an upstream
+        without a total timeout that has an idle connection open. The request is sent on that
+        connection, and :meth:`_answered` answers the client from the connection's callback.
+        Anything else returns False having sent and recorded nothing: :meth:`__call__` serves
+        it, with the same outcome and the same record."""
+        started = time.perf_counter()
+        scope = cycle.scope
+        method: str = scope["method"]
+        if method != "GET" and method != "HEAD":
+            return False
+        known = self._paths.get(scope["raw_path"])
+        if known is None:
+            return False  # (a new path: __call__ normalises it, or refuses it)
+        path, logged, upstream, target = known
+        if upstream is None or upstream.settings.total_timeout is not None:
+            return False
+        if self._in_flight >= self.settings.max_in_flight:
+            return False
+        query: bytes = scope["query_string"]
+        gate = self.gate
+        rule = gate.match(method, path)
+        allow = gate.allow_cached(rule, scope["headers"], query)
+        if allow is None:
+            return False
+        record = RequestRecord("proxy", method, logged, 0, "error", 0.0, 0.0)
+        record.decision_latency = time.perf_counter() - started
+        record.rule = rule.path
+        headers, length, coded = self._rewrite(scope, self._fill_identity(record, allow), upstream)
+        if length or coded:
+            return False  # a body, or a malformed length
+        if query:
+            record.path = self.logged_path(scope, path)
+            target = self._with_query(target, query)
+        sent = time.perf_counter()
+        answered = functools.partial(self._answered, cycle, record, started, sent)
+        try:
+            connection = self.transport.begin(
+                method.encode("ascii"), upstream.origin, target, headers, upstream.timeouts, answered
+            )
+        except UnsafeRequest:
+            return False
+        if connection is None:
+            return False  # no idle connection: __call__ opens one
+        self._in_flight += 1
+        return True
+
+    def _answered(
+        self,
+        cycle: DirectCycle,
+        record: RequestRecord,
+        started: float,
+        sent: float,
+        response: UpstreamConnection,
+    ) -> None:
+        """The upstream connection's callback for a request :meth:`gatekeeper_direct` sent: a
+        whole small response is written to the client now; a streamed one, or a failure, is
+        handed to a task (:meth:`_respond`, :meth:`_exchange_failed`, as :meth:`__call__`
+        would). An idle connection the upstream had closed before any answer came is the
+        pool's retry case: the request goes through :meth:`__call__` again, from the start."""
+        self._in_flight -= 1
+        if not response.answered:
+            self.transport.release(response)  # (failed: closed)
+            error = response.error or UpstreamBroken("the upstream connection closed")
+            if isinstance(error, UpstreamBroken) and response.received_nothing:
+                cycle.gatekeeper_run(self)
+                return
+
+            async def failed(receive: Receive, send: Send) -> None:
+                await self._exchange_failed(send, record, error)
+
+            self._continue(cycle, record, started, failed)
+            return
+        record.upstream_latency = time.perf_counter() - sent
+        record.upstream_status = record.status = response.status
+        try:
+            relayed, size = self._responses.rewrite(response.headers)
+            whole = response.read_rest() if size is not None and 0 <= size <= _SMALL_BODY else None
+        except Exception as exc:  # a bug: answered as the server answers an app's exception
+            self.transport.release(response)
+            self._continue(cycle, record, started, functools.partial(_reraise, exc))
+            return
+        if whole is None:  # a body still coming: relayed by a task, as __call__ does
+            self._in_flight += 1  # (a relay is in flight, as in __call__)
+
+            async def relay(receive: Receive, send: Send) -> None:
+                try:
+                    await self._respond(receive, send, record, response, None)
+                finally:
+                    self._in_flight -= 1
+
+            self._continue(cycle, record, started, relay)
+            return
+        self.transport.release(response)
+        try:
+            cycle.gatekeeper_write(response.status, relayed, whole)
+        except Exception as exc:  # (the response's framing: as the server answers an app's)
+            self._continue(cycle, record, started, functools.partial(_reraise, exc))
+            return
+        record.latency = time.perf_counter() - started
+        self.reporter(record)
+
+    def _continue(
+        self,
+        cycle: DirectCycle,
+        record: RequestRecord,
+        started: float,
+        step: Callable[[Receive, Send], Awaitable[None]],
+    ) -> None:
+        """Finish a directly served request in a task: ``step(receive, send)``, then the record."""
+
+        async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+            try:
+                await step(receive, send)
+            finally:
+                record.latency = time.perf_counter() - started
+                self.reporter(record)
+
+        cycle.gatekeeper_run(app)
+
     async def _not_http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             from .wsproxy import proxy_websocket  # websockets is imported only when used
@@ -468,23 +604,34 @@ class ReverseProxy:
                 return
             record.upstream_latency = time.perf_counter() - sent
             record.upstream_status = record.status = response.status
-            try:
-                relayed, size = self._responses.rewrite(response.headers)
-                small = size is not None and 0 <= size <= _SMALL_BODY
-                whole = response.read_rest() if small else None
-                if whole is not None:  # the body came with the head: one write, no relay loop
-                    await send_whole(send, response.status, relayed, whole)
-                    return
-                await send({"type": "http.response.start", "status": response.status, "headers": relayed})
-                relay = _relay(response, send) if small else _relay_watching(response, receive, send)
-                await (relay if deadline is None else _within(deadline, relay))
-            except (UpstreamError, TimeoutError) as exc:
-                record.error_kind = "upstream_aborted"
-                raise UpstreamAborted(f"upstream failed mid-response: {type(exc).__name__}") from None
-            finally:
-                self.transport.release(response)
+            await self._respond(receive, send, record, response, deadline)
         finally:
             self._in_flight -= 1
+
+    async def _respond(
+        self,
+        receive: Receive,
+        send: Send,
+        record: RequestRecord,
+        response: UpstreamConnection,
+        deadline: float | None,
+    ) -> None:
+        """Relay the upstream's response (its head is in) and hand its connection back."""
+        try:
+            relayed, size = self._responses.rewrite(response.headers)
+            small = size is not None and 0 <= size <= _SMALL_BODY
+            whole = response.read_rest() if small else None
+            if whole is not None:  # the body came with the head: one write, no relay loop
+                await send_whole(send, response.status, relayed, whole)
+                return
+            await send({"type": "http.response.start", "status": response.status, "headers": relayed})
+            relay = _relay(response, send) if small else _relay_watching(response, receive, send)
+            await (relay if deadline is None else _within(deadline, relay))
+        except (UpstreamError, TimeoutError) as exc:
+            record.error_kind = "upstream_aborted"
+            raise UpstreamAborted(f"upstream failed mid-response: {type(exc).__name__}") from None
+        finally:
+            self.transport.release(response)
 
     async def _exchange_failed(self, send: Send, record: RequestRecord, failed: Exception) -> None:
         """The answer when a request could not be sent or answered (nothing was relayed yet)."""
@@ -547,6 +694,10 @@ class ReverseProxy:
         if retry:
             headers.append((b"retry-after", b"1"))
         await send_whole(send, status, headers, failure_body(error, description))
+
+
+async def _reraise(exc: Exception, receive: Receive, send: Send) -> None:
+    raise exc
 
 
 async def _within(deadline: float, step: Awaitable[T]) -> T:

@@ -9,7 +9,10 @@ proxy what it needs (status, header pairs, body chunks) without a per-request ob
 
 One exchange at a time (no pipelining): :meth:`UpstreamConnection.exchange` writes the request
 head and streams the body, then waits for the response head; :meth:`UpstreamConnection.read`
-returns body chunks until ``b""``. Flow control both ways, so nothing is buffered whole:
+returns body chunks until ``b""``. :meth:`UpstreamConnection.begin` is the same exchange for a
+request without a body, without a coroutine: it returns once the head is written, and the
+connection calls back when the response head is in (with the body, when it came in the same
+read), or the exchange failed. Flow control both ways, so nothing is buffered whole:
 
 - request bodies: after each chunk, when the transport's write buffer is over its high-water
   mark (``pause_writing``), the sender waits for ``resume_writing``;
@@ -29,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import select
 from collections import deque
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Final
 
 import httptools
@@ -111,6 +114,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._read_timeout: float | None = None
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
+        self._ready: Callable[[UpstreamConnection], None] | None = None  # begin()'s callback
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = _NEVER
         self._what = ""
@@ -160,6 +164,16 @@ class UpstreamConnection(asyncio.Protocol):
         return bool(readable)
 
     @property
+    def answered(self) -> bool:
+        """Whether the current exchange's response head is in (``status``, ``headers``)."""
+        return self._headers_done
+
+    @property
+    def error(self) -> Exception | None:
+        """Why the current exchange failed, if it did (after :meth:`begin`'s callback)."""
+        return self._error
+
+    @property
     def received_nothing(self) -> bool:
         """Whether no byte of the current exchange's response arrived (a reused connection that
         the upstream had already closed: the request may be retried on a new one)."""
@@ -192,6 +206,36 @@ class UpstreamConnection(asyncio.Protocol):
     ) -> None:
         """Send a request (``head`` from :func:`request_head`; ``body`` framed by ``length``, or
         chunked when it is None) and wait for the response head."""
+        transport = self._start(head_request, read_timeout)
+        transport.write(head)
+        if body is not None:
+            await self._send_body(transport, body, length, write_timeout)
+        while not self._headers_done:
+            if self._error is not None:
+                raise self._error
+            await self._waiting(read_timeout, "the upstream did not answer in time")
+
+    def begin(
+        self,
+        head: bytes,
+        head_request: bool,
+        read_timeout: float | None,
+        ready: Callable[[UpstreamConnection], None],
+    ) -> None:
+        """Send a request without a body and return: :meth:`exchange` without the wait.
+
+        ``ready(self)`` is called once, from the connection's own callbacks, when the response
+        head is in (:attr:`answered`; the body's first bytes, or all of it, too when they came
+        in the same read: :meth:`read_rest`), or when the exchange failed first (:attr:`error`:
+        the upstream closed, broke the protocol, or sent nothing within ``read_timeout``).
+        From then on the connection is used as after :meth:`exchange`."""
+        transport = self._start(head_request, read_timeout)
+        self._ready = ready
+        self._arm(read_timeout, "the upstream did not answer in time")
+        transport.write(head)
+
+    def _start(self, head_request: bool, read_timeout: float | None) -> asyncio.Transport:
+        """Reset the per-exchange state for a new request."""
         transport = self.transport
         assert transport is not None
         if self._fresh_parser:
@@ -202,13 +246,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = self._headers_done = self._received = False
         self._head_bytes = 0
         self._read_timeout = read_timeout
-        transport.write(head)
-        if body is not None:
-            await self._send_body(transport, body, length, write_timeout)
-        while not self._headers_done:
-            if self._error is not None:
-                raise self._error
-            await self._waiting(read_timeout, "the upstream did not answer in time")
+        return transport
+
+    def _call_ready(self) -> None:
+        """``begin``'s callback, once: the response head is in, or the exchange failed."""
+        ready = self._ready
+        if ready is not None:
+            self._ready = None
+            ready(self)
 
     async def _send_body(
         self,
@@ -275,29 +320,37 @@ class UpstreamConnection(asyncio.Protocol):
         when it fires (a timer per wait costs more than the rest of the wait, twice a request).
         A failed future, not a cancel scope: an outside cancellation (the proxy's total timeout,
         a server shutdown) stays a cancellation."""
-        loop = self._loop
-        waiter = self._waiter = loop.create_future()
+        waiter = self._waiter = self._loop.create_future()
+        self._arm(seconds, what)
+        return waiter
+
+    def _arm(self, seconds: float | None, what: str) -> None:
+        """Set the deadline of the current wait (a future's, or :meth:`begin`'s callback's)."""
         if seconds is None:
             self._deadline = _NEVER
-        else:
-            self._deadline = loop.time() + seconds
-            self._what = what
-            timer = self._timer
-            if timer is None or timer.when() > self._deadline:  # (a shorter timeout than before)
-                if timer is not None:
-                    timer.cancel()
-                self._timer = loop.call_at(self._deadline, self._check_deadline)
-        return waiter
+            return
+        loop = self._loop
+        self._deadline = loop.time() + seconds
+        self._what = what
+        timer = self._timer
+        if timer is None or timer.when() > self._deadline:  # (a shorter timeout than before)
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
 
     def _check_deadline(self) -> None:
         self._timer = None
         waiter = self._waiter
-        if waiter is None or waiter.done() or self._deadline == _NEVER:
+        waits = (waiter is not None and not waiter.done()) or self._ready is not None
+        if not waits or self._deadline == _NEVER:
             return  # nothing waits (any later wait arms the timer anew)
-        if self._loop.time() >= self._deadline:
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._check_deadline)
+        elif waiter is not None and not waiter.done():
             waiter.set_exception(UpstreamTimeout(self._what))
         else:
-            self._timer = self._loop.call_at(self._deadline, self._check_deadline)
+            self._error = UpstreamTimeout(self._what)
+            self._call_ready()
 
     @staticmethod
     async def _timed(future: asyncio.Future[None], seconds: float | None, what: str) -> None:
@@ -349,6 +402,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD:
                 self._fail(UpstreamBroken(f"the upstream's response head is over {MAX_HEAD} bytes"))
+        if self._ready is not None and (self._headers_done or self._error is not None):
+            self._call_ready()  # (after the whole block: a small body that came with the head is in)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -358,6 +413,7 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self._fail(UpstreamBroken("the upstream closed the connection mid-response"))
         self._wake()
+        self._call_ready()
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -365,6 +421,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._error = UpstreamBroken("the upstream connection was lost mid-response")
         self._eof = True
         self._wake()
+        self._call_ready()
         self._writing_paused = False
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)

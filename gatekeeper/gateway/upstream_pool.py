@@ -13,6 +13,8 @@ keeps a stack of idle :class:`~.upstream_conn.UpstreamConnection` per origin
   that fails on a *reused* connection before any response byte arrived is sent once more on a
   new connection (the upstream closed the idle connection while the request was on its way,
   the race every keep-alive client has; Go's ``net/http`` retries the same requests);
+- :meth:`UpstreamPool.begin` sends a request without a body on an idle connection and returns
+  at once (the connection calls back when the answer is in), or says there is none;
 - :meth:`UpstreamPool.release` puts a connection whose response was read to the end back on its
   stack; anything else (an unread or broken response, ``Connection: close``) is closed.
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from collections.abc import AsyncIterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -108,6 +110,30 @@ class UpstreamPool:
         except BaseException:
             self._discard(connection)
             raise
+        return connection
+
+    def begin(
+        self,
+        method: bytes,
+        origin: Origin,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        timeouts: Timeouts,
+        ready: Callable[[UpstreamConnection], None],
+    ) -> UpstreamConnection | None:
+        """:meth:`exchange` for a request without a body, without waiting, on an idle
+        connection: the request is sent and its connection returned at once, and ``ready``
+        called with it when the response head is in or the exchange failed
+        (:meth:`UpstreamConnection.begin`; hand it back with :meth:`release` either way). None
+        when no idle connection is open: nothing was sent (:meth:`exchange` connects).
+        Raises :class:`~.upstream_errors.UnsafeRequest` as :meth:`exchange` does.
+
+        There is no retry here: a failure before any response byte (:attr:`received_nothing
+        <.UpstreamConnection.received_nothing>`) is the caller's to send again."""
+        head = request_head(method, target, headers, False)
+        connection = self._take_idle(origin)
+        if connection is not None:
+            connection.begin(head, method == b"HEAD", timeouts.read, ready)
         return connection
 
     def release(self, connection: UpstreamConnection) -> None:

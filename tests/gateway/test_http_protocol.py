@@ -386,3 +386,100 @@ def test_pipelined_request_context_as_uvicorn_gives_it(
         got = exchange(server.port, pipelined)
     bodies = re.findall(rb"\r\n\r\n(...)", got)
     assert bodies == [b"set", b"---" if reset else b"set", b"end"]
+
+
+# -- requests served without a task (respond.DIRECT) -----------------------------------------
+
+
+class DirectApp:
+    """``app``, but whole responses are written from ``gatekeeper_direct`` (at once, or a little
+    later from a timer for ``?later``), and ``/run`` is handed to a task through the cycle."""
+
+    def __init__(self) -> None:
+        self.offered: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        await app(scope, receive, send)
+
+    def gatekeeper_direct(self, cycle: Any) -> bool:
+        path: str = cycle.scope["path"]
+        self.offered.append(path)
+        if path == "/run":
+            cycle.gatekeeper_run(app)  # (app answers "end")
+            return True
+        if path not in WHOLE_RESPONSES or path == "/whole-twice":
+            return False
+        status, headers, body = WHOLE_RESPONSES[path]
+
+        def write() -> None:
+            try:
+                cycle.gatekeeper_write(status, headers, body)
+            except RuntimeError as exc:  # as the proxy does: the server answers the failure
+                error = exc
+
+                async def fail(scope: Scope, receive: Any, send: Any) -> None:
+                    raise error
+
+                cycle.gatekeeper_run(fail)
+
+        if cycle.scope["query_string"] == b"later":
+            asyncio.get_running_loop().call_later(0.05, write)
+        else:
+            write()
+        return True
+
+
+@pytest.fixture(scope="module")
+def direct_server() -> Iterator[tuple[ServerThread, DirectApp]]:
+    direct = DirectApp()
+    with ServerThread(direct, http=GatewayHttpProtocol) as server:
+        yield server, direct
+
+
+@pytest.mark.parametrize("query", ["", "?later"], ids=["now", "later"])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("path", [p for p in WHOLE_RESPONSES if p != "/whole-twice"])
+def test_a_direct_whole_response_has_uvicorns_bytes(
+    servers: tuple[ServerThread, ServerThread],
+    direct_server: tuple[ServerThread, DirectApp],
+    path: str,
+    method: str,
+    query: str,
+) -> None:
+    stock, _ = servers
+    server, direct = direct_server
+    request = f"{method} {path}{query} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    expected = exchange(stock.port, request)
+    offered = len(direct.offered)
+    got = exchange(server.port, request)
+    assert direct.offered[offered] == path
+    if path == "/whole-too-long" and method == "GET":  # (test_whole_responses_same_bytes_as_uvicorn)
+        assert got == b""
+    else:
+        assert got == expected
+
+
+def test_pipelined_direct_responses_keep_their_order(
+    servers: tuple[ServerThread, ServerThread], direct_server: tuple[ServerThread, DirectApp]
+) -> None:
+    stock, _ = servers
+    server, _ = direct_server
+    request = (
+        b"GET /whole?later HTTP/1.1\r\nHost: t\r\n\r\n"  # answered 50 ms later, from a timer
+        b"GET /run HTTP/1.1\r\nHost: t\r\n\r\n"  # handed to a task
+        b"GET /whole-chunked HTTP/1.1\r\nHost: t\r\n\r\n"  # answered at once
+        b"GET /len HTTP/1.1\r\nHost: t\r\n\r\n"  # not taken: the app's task
+    )
+    got = exchange(server.port, request)
+    expected = exchange(stock.port, request.replace(b"/run", b"/end-of-run"))
+    assert got == expected
+    assert got.count(b"HTTP/1.1 ") == 5
+
+
+def test_no_direct_offer_when_uvicorn_answers_for_the_app() -> None:
+    # limit_concurrency: uvicorn answers 503 itself; its app is not the server's, so no offer.
+    direct = DirectApp()
+    with ServerThread(direct, http=GatewayHttpProtocol, limit_concurrency=1) as server:
+        got = exchange(server.port, b"GET /whole HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert direct.offered == []

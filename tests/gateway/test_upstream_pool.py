@@ -409,3 +409,122 @@ def test_a_shorter_read_timeout_on_a_reused_connection_applies(upstream: Upstrea
         assert pool.open_connections == 0  # the same connection, closed after its timeout
 
     run(test)
+
+
+# -- begin: the exchange without a coroutine ------------------------------------------------
+
+
+async def begin(
+    pool: UpstreamPool, port: int, target: bytes, timeouts: Timeouts = QUICK, method: bytes = b"GET"
+) -> tuple[UpstreamConnection | None, list[tuple[bool, Exception | None, bytes | None]]]:
+    """``pool.begin`` and what its callback saw (answered, error, read_rest), once it came."""
+    seen: list[tuple[bool, Exception | None, bytes | None]] = []
+    came = asyncio.Event()
+
+    def ready(connection: UpstreamConnection) -> None:
+        seen.append((connection.answered, connection.error, connection.read_rest()))
+        came.set()
+
+    connection = pool.begin(method, origin(port), target, [(b"host", b"up")], timeouts, ready)
+    if connection is not None:
+        await asyncio.wait_for(came.wait(), 10)
+        await asyncio.sleep(0.05)  # (a second call would come by now)
+    return connection, seen
+
+
+def test_begin_needs_an_idle_connection_and_calls_back_once_with_the_whole_answer(upstream: Upstream) -> None:
+    async def test(pool: UpstreamPool) -> None:
+        nothing, seen = await begin(pool, upstream.port, b"/echo")
+        assert (nothing, seen, pool.open_connections) == (None, [], 0)  # nothing sent
+        idle, _ = await get(pool, upstream.port, b"/echo")
+        connection, seen = await begin(pool, upstream.port, b"/echo?x=1")
+        assert connection is idle
+        ((answered, error, body),) = seen
+        assert (answered, error, connection.status) == (True, None, 200)
+        assert body is not None
+        assert json.loads(body)["query"] == "x=1"
+        pool.release(connection)
+        assert pool.open_connections == 1
+        assert connection.reusable
+
+    run(test)
+
+
+def test_begin_hands_over_a_body_that_is_not_all_here(upstream: Upstream) -> None:
+    async def test(pool: UpstreamPool) -> None:
+        await get(pool, upstream.port, b"/echo")
+        size = 4 * READ_AHEAD
+        connection, seen = await begin(pool, upstream.port, b"/download?size=%d&chunk=65536" % size)
+        assert connection is not None
+        ((answered, error, rest),) = seen
+        assert (answered, error, rest) == (True, None, None)  # the head only: read() the body
+        body = b""
+        while chunk := await connection.read():
+            body += chunk
+        assert body == b"x" * size
+        pool.release(connection)
+        assert pool.open_connections == 1
+
+    run(test)
+
+
+def test_begin_calls_back_with_a_head_request_complete() -> None:
+    reply = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
+    with RawUpstream(lambda connection, request, _: OK if not request else reply) as raw:
+
+        async def test(pool: UpstreamPool) -> None:
+            await get(pool, raw.port)
+            connection, seen = await begin(pool, raw.port, b"/", method=b"HEAD")
+            assert connection is not None
+            assert seen == [(True, None, b"")]
+            pool.release(connection)
+            assert connection.reusable
+
+        run(test)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "nothing"),
+    [
+        (None, UpstreamBroken, True),  # closed at the request, unanswered: the caller may retry
+        (b"HTTP/1.1 2OO OK\r\n\r\n", UpstreamBroken, False),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n",
+            UpstreamBroken,
+            False,
+        ),
+    ],
+)
+def test_begin_calls_back_with_the_failure(
+    answer: bytes | None, error: type[Exception], nothing: bool
+) -> None:
+    with RawUpstream(lambda connection, request, _: OK if not request else answer) as raw:
+
+        async def test(pool: UpstreamPool) -> None:
+            await get(pool, raw.port)
+            connection, seen = await begin(pool, raw.port, b"/")
+            assert connection is not None
+            ((answered, failure, _),) = seen
+            assert not answered
+            assert isinstance(failure, error)
+            assert connection.received_nothing is nothing
+            pool.release(connection)
+            assert pool.open_connections == 0
+
+        run(test)
+
+
+def test_begin_calls_back_with_a_read_timeout(upstream: Upstream) -> None:
+    async def test(pool: UpstreamPool) -> None:
+        await get(pool, upstream.port, b"/echo")
+        started = asyncio.get_running_loop().time()
+        connection, seen = await begin(pool, upstream.port, b"/slow?delay=3", Timeouts(read=0.2))
+        assert connection is not None
+        ((answered, failure, _),) = seen
+        assert not answered
+        assert isinstance(failure, UpstreamTimeout)
+        assert asyncio.get_running_loop().time() - started < 2
+        pool.release(connection)
+        assert pool.open_connections == 0
+
+    run(test)
