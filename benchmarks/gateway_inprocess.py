@@ -197,22 +197,17 @@ class Wire(asyncio.Transport):
 
 class StackCaller:
     """Feeds ``request`` to uvicorn's ``http`` protocol (a name, or a protocol class; one
-    keep-alive connection per batch) in front of ``app``; a request is done when the app has
-    returned."""
+    keep-alive connection per batch) in front of ``app``; a request is done when its response
+    is complete (the protocol's ``on_response_complete``: the app may answer without a task,
+    ``respond.DIRECT``, so the app itself is served, not a wrapper)."""
 
     def __init__(
         self, app: App, http: str | type[asyncio.Protocol], request: bytes, *, server_header: bool
     ) -> None:
         self.request = request
         self._done: asyncio.Future[None] | None = None
-
-        async def finished(scope: Any, receive: Any, send: Any) -> None:
-            await app(scope, receive, send)
-            if self._done is not None:
-                self._done.set_result(None)
-
         self.config = uvicorn.Config(
-            finished, http=http, lifespan="off", access_log=False, proxy_headers=False,
+            app, http=http, lifespan="off", access_log=False, proxy_headers=False,
             interface="asgi3", log_config=None, server_header=server_header,
         )  # fmt: skip
         self.config.load()
@@ -224,6 +219,14 @@ class StackCaller:
         state.default_headers = [(b"date", formatdate(usegmt=True).encode()), *self.config.encoded_headers]
         protocol: Callable[..., Any] = self.config.http_protocol_class
         connection = protocol(config=self.config, server_state=state, app_state={}, _loop=loop)
+        complete = connection.on_response_complete
+
+        def on_response_complete() -> None:  # (each request's cycle takes it from the connection)
+            complete()
+            if self._done is not None and not self._done.done():
+                self._done.set_result(None)
+
+        connection.on_response_complete = on_response_complete
         wire = Wire()
         connection.connection_made(wire)
         return connection, wire
@@ -245,7 +248,7 @@ class StackCaller:
             self._done = loop.create_future()
             connection.data_received(request)
             await self._done
-            await asyncio.sleep(0)  # the protocol's own steps after the app returned
+            await asyncio.sleep(0)  # the steps after the response (an app task's end, its record)
             self.last = bytes(wire.written)
         finally:
             self._done = None

@@ -11,7 +11,10 @@ JSON response, no parsing). Both variants pay the same server side, upstream and
 - ``floor``: the minimal ASGI proxy (``gateway.minimal_proxy_app``: the request forwarded as it
   came, no decision, no header rewriting, no record);
 - ``gatekeeper``: the assembled gateway (``build_gateway`` from benchmarks/gateway.py's own TOML:
-  forward-auth and the proxy, metrics on, access log off), its token a verified-token cache hit.
+  forward-auth and the proxy, metrics on, access log off), its token a verified-token cache hit,
+  served by the gateway's protocol as ``gatekeeper serve`` does (so the proxy's direct path,
+  without an ASGI task, answers it); ``gatekeeper, uvicorn's protocol``: the same app on
+  uvicorn's own protocol (the ASGI path).
 
 Both get the same request (``GET /api/items/42`` with the ~825-character RS256 bearer token).
 Rounds are interleaved; the table gives median microseconds per request and the difference.
