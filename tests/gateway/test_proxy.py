@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import select
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import proxy_world
 import pytest
+from proxy_world import clock
 from upstream import RawUpstream, ServerThread, Upstream, free_port
 
 from gatekeeper.bearer import BearerSource
@@ -30,13 +31,11 @@ from gatekeeper.devserver import IssuerServer
 from gatekeeper.gateway.identity import IdentityHeaders
 from gatekeeper.gateway.proxy import ProxySettings, ReverseProxy, UpstreamRoute, UpstreamSettings
 from gatekeeper.gateway.record import RequestRecord
-from gatekeeper.issuer import DevIssuer
 from gatekeeper.redact import fingerprint
 from gatekeeper.responses import get_profile
 from gatekeeper.rules import Rule, RuleSet
 from gatekeeper.verifier import Verifier
 
-NOW = 1_700_000_000.0
 RULES = RuleSet(
     (
         Rule("/open/**", access="exempt"),
@@ -46,59 +45,12 @@ RULES = RuleSet(
 )
 
 
-def clock() -> float:
-    return NOW
+issuer = proxy_world.issuer
+upstream = proxy_world.upstream
+token = proxy_world.token
 
 
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[IssuerServer]:
-    server = IssuerServer()
-    server.issuer = DevIssuer(server.url, algorithms=("ES256",), clock=clock)
-    with server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    with Upstream() as up:
-        yield up
-
-
-@pytest.fixture
-def token(issuer: IssuerServer) -> str:
-    return issuer.issuer.mint({"sub": "alice", "client_id": "app-1", "aud": "api"}, scope="read")
-
-
-class Proxy:
-    """A running ReverseProxy; ``records`` are what it reported."""
-
-    def __init__(self, server: ServerThread, app: ReverseProxy, records: list[RequestRecord]) -> None:
-        self.server = server
-        self.app = app
-        self.url = server.url
-        self.port = server.port
-        self.records = records
-
-    def wait_records(self, n: int = 1) -> list[RequestRecord]:
-        """The records, once ``n`` are there (a record is reported after the response is sent)."""
-        deadline = time.monotonic() + 5
-        while len(self.records) < n and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return self.records
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=10, **kwargs)
-
-    def raw(self, request: bytes) -> bytes:
-        """Send a hand-written request, return the whole response (the proxy closes after it)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-            sock.sendall(request)
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks)
-
-
+Proxy = proxy_world.Proxy
 MakeProxy = Callable[..., Proxy]
 
 

@@ -24,6 +24,8 @@ import pytest
 
 pytest.importorskip("httptools", reason="the gateway's protocol needs httptools: pip install httptools")
 
+import proxy_world
+from proxy_world import clock
 from upstream import RawUpstream, ServerThread, Upstream
 
 from gatekeeper.bearer import BearerSource
@@ -33,48 +35,24 @@ from gatekeeper.gateway.http_protocol import GatewayHttpProtocol
 from gatekeeper.gateway.identity import IdentityHeaders
 from gatekeeper.gateway.proxy import ProxySettings, ReverseProxy, UpstreamSettings
 from gatekeeper.gateway.record import RequestRecord
-from gatekeeper.issuer import DevIssuer
 from gatekeeper.responses import get_profile
 from gatekeeper.rules import Rule, RuleSet
 from gatekeeper.verifier import Verifier
 
-NOW = 1_700_000_000.0
 RULES = RuleSet((Rule("/open/**", access="exempt"), Rule("/admin/**", scopes=("admin",))))
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
 
 
-def clock() -> float:
-    return NOW
+issuer = proxy_world.issuer
+upstream = proxy_world.upstream
+token = proxy_world.token
 
 
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[IssuerServer]:
-    server = IssuerServer()
-    server.issuer = DevIssuer(server.url, algorithms=("ES256",), clock=clock)
-    with server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    with Upstream() as up:
-        yield up
-
-
-@pytest.fixture
-def token(issuer: IssuerServer) -> str:
-    return issuer.issuer.mint({"sub": "alice", "client_id": "app-1", "aud": "api"}, scope="read")
-
-
-class Proxy:
+class Proxy(proxy_world.Proxy):
     """A running ReverseProxy: what it reported, and what its direct path said per request."""
 
     def __init__(self, server: ServerThread, app: ReverseProxy, records: list[RequestRecord]) -> None:
-        self.server = server
-        self.app = app
-        self.url = server.url
-        self.port = server.port
-        self.records = records
+        super().__init__(server, app, records)
         self.direct: list[bool] = []  # gatekeeper_direct's answers, in order
         offer = app.gatekeeper_direct
 
@@ -85,12 +63,10 @@ class Proxy:
 
         app.gatekeeper_direct = spy  # type: ignore[method-assign]
 
-    def wait_records(self, n: int) -> list[RequestRecord]:
-        deadline = time.monotonic() + 10
-        while len(self.records) < n and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert len(self.records) >= n, f"{len(self.records)} records, expected {n}"
-        return self.records
+    def wait_records(self, n: int = 1) -> list[RequestRecord]:
+        records = super().wait_records(n)
+        assert len(records) >= n, f"{len(records)} records, expected {n}"
+        return records
 
     def request(self, method: str, path: str, token: str | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -10,7 +10,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import proxy_world
 import pytest
+from proxy_world import clock
 from upstream import ServerThread, Upstream, free_port
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -22,30 +24,12 @@ from gatekeeper.devserver import IssuerServer
 from gatekeeper.gateway.identity import IdentityHeaders
 from gatekeeper.gateway.proxy import ProxySettings, ReverseProxy, UpstreamSettings
 from gatekeeper.gateway.record import RequestRecord
-from gatekeeper.issuer import DevIssuer
 from gatekeeper.responses import get_profile
 from gatekeeper.rules import Rule, RuleSet
 from gatekeeper.verifier import Verifier
 
-NOW = 1_700_000_000.0
-
-
-def clock() -> float:
-    return NOW
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[IssuerServer]:
-    server = IssuerServer()
-    server.issuer = DevIssuer(server.url, algorithms=("ES256",), clock=clock)
-    with server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    with Upstream() as up:
-        yield up
+issuer = proxy_world.issuer
+upstream = proxy_world.upstream
 
 
 def start_proxy(
