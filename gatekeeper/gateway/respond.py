@@ -32,8 +32,8 @@ DIRECT: Final = "gatekeeper_direct"
 class DirectCycle(Protocol):
     """What the gateway's protocol gives an app's :data:`DIRECT` method: the request's scope, a
     whole response written at once, and the ASGI task started later when the response cannot be
-    written from a callback (a streamed body, an error path): ``run(app)`` runs ``app`` on this
-    request as the server would have."""
+    written from a callback (a streamed body, an error path): ``gatekeeper_run(app)`` runs
+    ``app`` on this request as the server would have."""
 
     scope: dict[str, Any]
 
